@@ -1,0 +1,348 @@
+//! Persistence behind one narrow, batch-oriented trait.
+//!
+//! The messaging code owns the [`Store`] trait; an engine sits behind it.
+//! [`sled_store::SledStore`] is the default engine and the only module in the
+//! server that imports sled. The trait speaks in domain records (users,
+//! devices, queue entries, message bodies), never in protocol types, and is
+//! synchronous: callers run it on the committer thread or in
+//! `spawn_blocking`. It is shaped so that a networked engine (Redis for the
+//! ordered queues plus SQL for bodies) can implement it later: every mutation
+//! of the message path is one [`Store::apply`] call with a batch of ops that
+//! either all happen or none do, followed by one [`Store::sync`].
+//!
+//! Every engine must pass the suite in [`contract`].
+
+pub mod contract;
+mod records;
+pub mod sled_store;
+
+use bytes::Bytes;
+
+pub use sled_store::SledStore;
+
+/// A user's numeric id (assigned by the store, starting at 1).
+pub type UserId = u64;
+/// A position in one user's queue: strictly increasing, gapless at assignment.
+pub type Seq = u64;
+/// A server-wide unique, time-ordered message id (see [`msg_id_time_ms`]).
+pub type MsgId = u64;
+
+/// Bits of a [`MsgId`] below the millisecond timestamp.
+pub const MSG_ID_COUNTER_BITS: u32 = 16;
+
+/// The server time (ms since the Unix epoch) at which a message id was made.
+pub fn msg_id_time_ms(msg_id: MsgId) -> u64 {
+    msg_id >> MSG_ID_COUNTER_BITS
+}
+
+/// What an engine can fail with. None of this detail goes to a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing failed (disk full, I/O error). Retryable: nothing
+    /// from the failed call was applied.
+    #[error("storage i/o failed: {0}")]
+    Io(String),
+    /// The data on disk is damaged or not what this code wrote.
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    /// The data directory was written by an incompatible version.
+    #[error("store schema version is {found}, this pigeond reads version {expected}")]
+    SchemaVersion {
+        /// What the data directory says.
+        found: u32,
+        /// What this build understands.
+        expected: u32,
+    },
+}
+
+/// How hard [`Store::sync`] works to make applied writes survive a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Flush and fsync the engine's files and directory: survives power loss.
+    #[default]
+    Fsync,
+    /// Flush to the OS (no fsync): survives a process crash, not power loss.
+    Flush,
+    /// Leave it to the engine's background flusher (sled: every 500 ms):
+    /// a crash may lose the last half second of answered sends.
+    Buffered,
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Assigned by the store.
+    pub id: UserId,
+    /// Unique, validated by the service.
+    pub username: String,
+    /// argon2id PHC string; never the password itself.
+    pub password_hash: String,
+    /// When the account was created, ms since the epoch.
+    pub created_at_ms: u64,
+    /// A disabled user cannot log in.
+    pub disabled: bool,
+}
+
+/// A login token, stored under the SHA-256 of the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Whose token.
+    pub user_id: UserId,
+    /// The device it was issued to; it logs in only that device.
+    pub device_id: String,
+    /// After this instant (ms since the epoch) the token no longer works.
+    pub expires_at_ms: u64,
+}
+
+/// One device of a user, with its delivery cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Chosen by the client.
+    pub device_id: String,
+    /// The protocol's `Platform` number (kept as a number so the store needs
+    /// no protocol types).
+    pub platform: i32,
+    /// First login, ms since the epoch.
+    pub created_at_ms: u64,
+    /// Last login or ack, ms since the epoch. A device silent for longer than
+    /// the configured period no longer holds back garbage collection.
+    pub last_active_ms: u64,
+    /// Every entry up to this seq is acknowledged by this device.
+    pub acked_seq: Seq,
+}
+
+/// A message to store, as the service prepared it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Unique and larger than every id the store has seen (the service's
+    /// generator guarantees it).
+    pub msg_id: MsgId,
+    /// The sender.
+    pub from: UserId,
+    /// The sender's device.
+    pub from_device: String,
+    /// The recipient (may equal `from`: a note to self gets one entry).
+    pub to: UserId,
+    /// The sender's idempotency key, unique per sender.
+    pub client_msg_id: String,
+    /// Opaque label.
+    pub content_type: String,
+    /// Opaque body.
+    pub content: Bytes,
+}
+
+/// One write in an [`Store::apply`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Store a message: the body once (reference count = number of queue
+    /// entries), an entry in the recipient's queue, an entry in the sender's
+    /// queue (unless sender = recipient), and the dedupe record. If the
+    /// sender already has a dedupe record for `client_msg_id` made at or
+    /// after `dedupe_since_ms`, nothing is written and the first answer is
+    /// returned with `duplicate = true`.
+    Send {
+        /// What to store.
+        message: NewMessage,
+        /// Dedupe records older than this (ms) are ignored and replaced.
+        dedupe_since_ms: u64,
+    },
+    /// A device logged in: create its record (cursor 0, so it can sync the
+    /// retained history) or update its platform and last_active.
+    Touch {
+        /// Whose device.
+        user: UserId,
+        /// Which device.
+        device_id: String,
+        /// Its platform number.
+        platform: i32,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Move a device's cursor forward to `seq` (never backwards) and mark it
+    /// active. Refused with [`WriteOutcome::AckBeyondMax`] if `seq` is above
+    /// the user's max seq. Creates the device record if missing.
+    Ack {
+        /// Whose device.
+        user: UserId,
+        /// Which device.
+        device_id: String,
+        /// Acknowledge up to and including this seq.
+        seq: Seq,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Garbage-collect the user's queue: delete entries at or below the
+    /// lowest `acked_seq` of the devices active since `active_since_ms`
+    /// (no active device: nothing is deleted) whose message is older than
+    /// `retain_since_ms` (by [`msg_id_time_ms`]); drop a body when its last
+    /// reference goes. At most `limit` entries per op.
+    Collect {
+        /// Whose queue.
+        user: UserId,
+        /// Devices last active before this (ms) do not hold the queue back.
+        active_since_ms: u64,
+        /// Entries whose message is this recent (ms) or newer are kept.
+        retain_since_ms: u64,
+        /// Upper bound on entries deleted by this op.
+        limit: usize,
+    },
+}
+
+/// The result of one [`WriteOp`], in the same position as the op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The message is stored (or was already, when `duplicate`).
+    Sent {
+        /// The message id (the first one, for a duplicate).
+        msg_id: MsgId,
+        /// The message's seq in the sender's queue (for a note to self, the
+        /// only entry).
+        sender_seq: Seq,
+        /// The message's seq in the recipient's queue.
+        recipient_seq: Seq,
+        /// True if this answered an earlier send with the same client_msg_id.
+        duplicate: bool,
+    },
+    /// The device record exists; its cursor is `acked_seq`.
+    Touched {
+        /// The device's cursor.
+        acked_seq: Seq,
+    },
+    /// The cursor is now `acked_seq` (unchanged if the ack was not above it).
+    Acked {
+        /// The device's cursor after the op.
+        acked_seq: Seq,
+    },
+    /// The ack was above the queue's top; nothing changed.
+    AckBeyondMax {
+        /// The user's max seq.
+        max_seq: Seq,
+    },
+    /// What a Collect op removed.
+    Collected {
+        /// Queue entries deleted.
+        entries: u64,
+        /// Message bodies deleted (their last reference went).
+        bodies: u64,
+        /// True if `limit` stopped the op before it was done.
+        more: bool,
+    },
+}
+
+/// A queue entry with its message body, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Position in the reading user's queue.
+    pub seq: Seq,
+    /// The message id.
+    pub msg_id: MsgId,
+    /// The sender.
+    pub from: UserId,
+    /// The sender's device.
+    pub from_device: String,
+    /// The recipient.
+    pub to: UserId,
+    /// The sender's idempotency key.
+    pub client_msg_id: String,
+    /// Opaque label.
+    pub content_type: String,
+    /// Opaque body.
+    pub content: Bytes,
+}
+
+/// A page of a user's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    /// Entries above the requested seq, in seq order.
+    pub messages: Vec<StoredMessage>,
+    /// The user's max seq (0 if nothing was ever queued).
+    pub max_seq: Seq,
+    /// True if entries above the last returned one exist.
+    pub has_more: bool,
+}
+
+/// Store-wide counters for operators and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Queue entries across all users.
+    pub entries: u64,
+    /// Message bodies.
+    pub bodies: u64,
+    /// Bytes the engine uses on disk.
+    pub disk_bytes: u64,
+}
+
+/// The storage interface of the messaging code.
+///
+/// Reads see every write applied before them. Writes of one `apply` call are
+/// atomic: after a crash either all of them are there or none. They become
+/// durable (per the engine's [`Durability`]) when a later `sync` returns.
+pub trait Store: Send + Sync + 'static {
+    /// Apply a batch of writes atomically; outcomes are in op order. An op
+    /// that is refused (see [`WriteOutcome::AckBeyondMax`]) does not abort
+    /// the others. Not durable until [`Store::sync`].
+    fn apply(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// Make every write applied so far durable, per the configured durability.
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// Create a user with the next free id. `Ok(None)` if the username is
+    /// taken. Durable when it returns.
+    fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: u64,
+    ) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Look a user up by id.
+    fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Look a user up by username.
+    fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Store (or replace) a token under its hash. Durable when it returns.
+    fn put_token(&self, token_hash: &[u8; 32], token: &TokenRecord) -> Result<(), StoreError>;
+
+    /// Look a token up by its hash.
+    fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Delete a token. Durable when it returns. Deleting a missing token is fine.
+    fn delete_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
+
+    /// The user's devices, ordered by device id.
+    fn devices(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// One device of a user.
+    fn device(&self, user: UserId, device_id: &str) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// The highest seq ever assigned in the user's queue (0 if none).
+    fn max_seq(&self, user: UserId) -> Result<Seq, StoreError>;
+
+    /// Up to `limit` entries with seq > `after_seq`, with their bodies.
+    fn pull(&self, user: UserId, after_seq: Seq, limit: usize) -> Result<Page, StoreError>;
+
+    /// The largest message id the store has ever been given (0 if none), so
+    /// the id generator can start above it after a restart even if the
+    /// clock went backwards.
+    fn msg_id_floor(&self) -> Result<MsgId, StoreError>;
+
+    /// Delete dedupe records made before `older_than_ms`, scanning at most
+    /// `limit` records from `resume` (an engine-specific position; `None`
+    /// starts from the beginning). Returns how many were deleted and where
+    /// to resume (`None` when the scan reached the end).
+    fn expire_dedupe(
+        &self,
+        older_than_ms: u64,
+        resume: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(u64, Option<Vec<u8>>), StoreError>;
+
+    /// Users that have at least one queue entry, starting after `after`,
+    /// at most `limit` of them (for the background collector's sweep).
+    fn users_with_entries(&self, after: UserId, limit: usize) -> Result<Vec<UserId>, StoreError>;
+
+    /// Counters for operators and tests.
+    fn stats(&self) -> Result<StoreStats, StoreError>;
+}
