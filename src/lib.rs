@@ -1,1 +1,184 @@
-//! pigeond
+//! pigeond, the pigeon instant-messaging server, as a library.
+//!
+//! The data path, one module per step:
+//!
+//! ```text
+//! frame in → gateway (TLS, framing, one task per connection)
+//!          → service (rules: accounts, send, pull, ack; single writer)
+//!          → store (sled, durable, group commit)
+//!          → session registry (who is online) → Notify out
+//! ```
+//!
+//! [`Server::open`] wires the modules together; it is the only place that
+//! knows them all. `main.rs` and the integration tests both go through it.
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod service;
+pub mod session;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use config::Config;
+use gateway::Gateway;
+use service::{Accounts, CommitStats, Committer, CommitterThread, Messaging, MessagingRules};
+use session::{Notifier, SessionRegistry};
+use store::{SledStore, Store};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The store would not open.
+    #[error("cannot open the store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: String,
+        /// Why.
+        source: store::StoreError,
+    },
+    /// The certificate or key would not load.
+    #[error(transparent)]
+    Tls(#[from] gateway::tls::TlsError),
+    /// The listener would not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A server whose store is open and whose writer runs, ready to serve.
+pub struct Server {
+    gateway: Arc<Gateway>,
+    messaging: Arc<Messaging>,
+    store: Arc<dyn Store>,
+    committer_thread: CommitterThread,
+    config: Config,
+}
+
+impl Server {
+    /// Validate the config, open the store, load TLS and start the writer.
+    pub fn open(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let acceptor = gateway::tls::acceptor(&config.tls)?;
+        let store: Arc<dyn Store> = Arc::new(
+            SledStore::open(&config.data_dir, config.messaging.durability).map_err(|source| {
+                ServerError::Store {
+                    dir: config.data_dir.display().to_string(),
+                    source,
+                }
+            })?,
+        );
+        let registry = Arc::new(SessionRegistry::new(config.accounts.kick_policy));
+        let notifier: Arc<dyn Notifier> = registry.clone();
+        let (committer, committer_thread) =
+            Committer::start(store.clone(), notifier, config.messaging.max_batch).map_err(
+                |source| ServerError::Store {
+                    dir: config.data_dir.display().to_string(),
+                    source,
+                },
+            )?;
+        let m = &config.messaging;
+        let rules = MessagingRules {
+            max_content_bytes: config.limits.max_content_bytes as usize,
+            max_pull: config.limits.max_pull as usize,
+            dedupe_window: m.dedupe_window,
+            history_retention: m.history_retention,
+            device_inactive_after: m.device_inactive_after,
+        };
+        let messaging = Arc::new(Messaging::new(store.clone(), committer, rules));
+        let a = &config.accounts;
+        let accounts = Arc::new(Accounts::new(
+            store.clone(),
+            a.registration_enabled,
+            a.token_ttl,
+            a.max_concurrent_hashes,
+        ));
+        let gateway = Arc::new(Gateway {
+            acceptor,
+            accounts,
+            messaging: messaging.clone(),
+            registry,
+            limits: config.limits.clone(),
+            timeouts: config.timeouts.clone(),
+        });
+        Ok(Server {
+            gateway,
+            messaging,
+            store,
+            committer_thread,
+            config,
+        })
+    }
+
+    /// Bind the configured listen address with the configured backlog.
+    pub fn bind(&self) -> Result<TcpListener, ServerError> {
+        let addr = self.config.listen;
+        gateway::bind(addr, self.config.limits.backlog).map_err(|source| ServerError::Bind { addr, source })
+    }
+
+    /// Group-commit counters (sends per flush = sends / syncs).
+    pub fn commit_stats(&self) -> Arc<CommitStats> {
+        self.messaging.committer().stats()
+    }
+
+    /// The store, for tools and tests that inspect it while serving.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Serve on `listener` until `shutdown` is cancelled: stop accepting,
+    /// let every connection finish its in-flight requests and close (with a
+    /// SERVER_SHUTDOWN kick), then drain the writer and sync the store.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, data_dir = %self.config.data_dir.display(), "serving");
+        }
+        let collector = tokio::spawn(service::collector::run(
+            self.messaging.clone(),
+            self.store.clone(),
+            self.config.messaging.gc_interval,
+            self.config.messaging.dedupe_window,
+            shutdown.clone(),
+        ));
+        self.gateway.clone().serve(listener, shutdown).await;
+        // The collector stops on the same token; a panic in it is a bug to log.
+        if let Err(e) = collector.await {
+            tracing::error!(error = %e, "the collector task failed");
+        }
+        let Server {
+            gateway,
+            messaging,
+            committer_thread,
+            ..
+        } = self;
+        // The writer thread exits when the last committer handle is dropped.
+        drop(gateway);
+        drop(messaging);
+        let joined = tokio::task::spawn_blocking(move || committer_thread.join()).await;
+        if joined.is_err() {
+            tracing::error!("waiting for the committer failed");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Open, bind the configured address and serve until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let server = Server::open(config)?;
+    let listener = server.bind()?;
+    server.serve(listener, shutdown).await;
+    Ok(())
+}

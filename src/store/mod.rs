@@ -10,8 +10,9 @@
 //! of the message path is one [`Store::apply`] call with a batch of ops that
 //! either all happen or none do, followed by one [`Store::sync`].
 //!
-//! Every engine must pass the suite in [`contract`].
+//! Every engine must pass the suite in `contract` (compiled for tests only).
 
+#[cfg(test)]
 pub mod contract;
 mod records;
 pub mod sled_store;
@@ -281,7 +282,12 @@ pub struct StoreStats {
 pub trait Store: Send + Sync + 'static {
     /// Apply a batch of writes atomically; outcomes are in op order. An op
     /// that is refused (see [`WriteOutcome::AckBeyondMax`]) does not abort
-    /// the others. Not durable until [`Store::sync`].
+    /// the others; an error aborts the whole batch. Not durable until
+    /// [`Store::sync`].
+    ///
+    /// Single writer: all `apply` calls must come from one thread at a time
+    /// (the service's committer). Engines may rely on it, e.g. sled scans
+    /// the queue for a `Collect` before its transaction.
     fn apply(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError>;
 
     /// Make every write applied so far durable, per the configured durability.

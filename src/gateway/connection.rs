@@ -1,0 +1,209 @@
+//! One connection's life: TLS handshake with a deadline, then a read loop
+//! (frames in, requests dispatched in order) and a write loop (answers in
+//! request order, coalesced notifies, kicks) running side by side.
+//!
+//! ```text
+//!  socket ─► read loop ─► handlers ─► service ──► outbound queue (bounded) ─► write loop ─► socket
+//!                                          ▲                                  ▲
+//!                                    answers may wait               SessionSignal (notify, kick)
+//!                                    for the durable flush
+//! ```
+//!
+//! Answers go through a bounded queue in request order; an answer that waits
+//! for the store is queued as a future, so sends pipeline and share flushes
+//! while still being answered in order. When the queue is full the read loop
+//! stops reading: a client that does not read its answers stalls only itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use pigeon_protocol::{pb, Body, Codec, CodecError, Envelope, ErrorCode, KickReason};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::handlers::{Flow, Session};
+use super::Gateway;
+use crate::session::SessionSignal;
+
+type Reader = FramedRead<ReadHalf<TlsStream<TcpStream>>, Codec>;
+type Writer = FramedWrite<WriteHalf<TlsStream<TcpStream>>, Codec>;
+
+/// An answer on its way to the write loop.
+pub enum Outbound {
+    /// Ready to write; `close` ends the connection after it.
+    Ready { envelope: Envelope, close: bool },
+    /// Resolves to the answer once the service is done (e.g. the flush).
+    Pending(Pin<Box<dyn Future<Output = Envelope> + Send>>),
+}
+
+/// Serve one accepted TCP connection to the end.
+pub async fn run(stream: TcpStream, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    let handshake = timeout(gateway.timeouts.handshake, gateway.acceptor.accept(stream)).await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "tls handshake failed"),
+        Err(_) => return tracing::debug!("tls handshake timed out"),
+    };
+    tracing::debug!("connected");
+    let codec = Codec::new(gateway.limits.max_frame_bytes as usize);
+    let (read_half, write_half) = tokio::io::split(tls);
+    let reader = FramedRead::new(read_half, codec);
+    let writer = FramedWrite::new(write_half, codec);
+    let (outbound, queue) = mpsc::channel(gateway.limits.outbound_queue);
+    let signal = SessionSignal::new();
+    let closing = CancellationToken::new();
+    let write_timeout = gateway.timeouts.write;
+    let session = Session::new(gateway.clone(), outbound, signal.clone());
+    let write = write_loop(writer, queue, signal, closing.clone(), write_timeout, shutdown.clone());
+    let read = read_loop(session, reader, closing, shutdown);
+    let (_, registration) = tokio::join!(write, read);
+    if let Some(registration) = registration {
+        gateway.registry.unregister(&registration);
+    }
+    tracing::debug!("closed");
+}
+
+async fn read_loop(
+    mut session: Session,
+    mut frames: Reader,
+    closing: CancellationToken,
+    shutdown: CancellationToken,
+) -> Option<crate::session::Registration> {
+    let login_deadline = Instant::now() + session.gateway().timeouts.login;
+    let idle = session.gateway().timeouts.idle;
+    let mut deadline = login_deadline;
+    loop {
+        let frame = tokio::select! {
+            _ = closing.cancelled() => break,
+            _ = shutdown.cancelled() => break,
+            frame = timeout_at(deadline, frames.next()) => frame,
+        };
+        let flow = match frame {
+            Err(_) if session.is_authenticated() => {
+                tracing::debug!("idle timeout");
+                Flow::Close
+            }
+            Err(_) => {
+                let error = pb::Error::new(ErrorCode::LoginTimeout, "no login within the deadline");
+                session.fatal(error).await
+            }
+            Ok(None) => Flow::Close,
+            Ok(Some(Err(CodecError::FrameTooLarge { len, max }))) => {
+                tracing::debug!(len, max, "frame too large");
+                let message = format!("frame of {len} bytes is above the maximum of {max}");
+                session.fatal(pb::Error::new(ErrorCode::FrameTooLarge, message)).await
+            }
+            Ok(Some(Err(CodecError::Decode(e)))) => {
+                tracing::debug!(error = %e, "undecodable frame");
+                let mut error = pb::Error::new(ErrorCode::InvalidArgument, format!("undecodable frame: {e}"));
+                error.fatal = true;
+                session.fatal(error).await
+            }
+            Ok(Some(Err(CodecError::Io(e)))) => {
+                tracing::debug!(error = %e, "read failed");
+                Flow::Close
+            }
+            Ok(Some(Ok(envelope))) => session.dispatch(envelope).await,
+        };
+        if flow == Flow::Close {
+            break;
+        }
+        deadline = if session.is_authenticated() {
+            Instant::now() + idle
+        } else {
+            login_deadline
+        };
+    }
+    session.into_registration()
+}
+
+async fn write_loop(
+    mut sink: Writer,
+    mut queue: mpsc::Receiver<Outbound>,
+    signal: Arc<SessionSignal>,
+    closing: CancellationToken,
+    write_timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut notified = 0;
+    loop {
+        let (envelope, close) = tokio::select! {
+            biased;
+            _ = signal.woken() => {
+                if let Some(kick) = signal.kicked() {
+                    tracing::debug!(reason = ?kick.reason, "kicked");
+                    (kick_envelope(kick.reason, kick.message), true)
+                } else {
+                    let seq = signal.notified_seq();
+                    if seq <= notified {
+                        continue;
+                    }
+                    notified = seq;
+                    (Envelope::new(0, Body::Notify(pb::Notify { max_seq: seq })), false)
+                }
+            }
+            item = queue.recv() => match item {
+                Some(Outbound::Ready { envelope, close }) => (envelope, close),
+                Some(Outbound::Pending(answer)) => (answer.await, false),
+                None if shutdown.is_cancelled() => {
+                    let message = "the server is shutting down; reconnect later".to_owned();
+                    (kick_envelope(KickReason::ServerShutdown, message), true)
+                }
+                None => break,
+            },
+        };
+        let flush = close || queue.is_empty();
+        if write(&mut sink, envelope, flush, write_timeout).await.is_err() || close {
+            break;
+        }
+    }
+    closing.cancel();
+    // Best effort: send close_notify; the peer may already be gone.
+    let _ = timeout(write_timeout, SinkExt::<Envelope>::close(&mut sink)).await;
+}
+
+fn kick_envelope(reason: KickReason, message: String) -> Envelope {
+    Envelope::new(
+        0,
+        Body::Kick(pb::Kick {
+            reason: reason as i32,
+            message,
+        }),
+    )
+}
+
+/// Write one frame, flushing if asked; a peer that does not take it within
+/// the write timeout is dropped.
+async fn write(
+    sink: &mut Writer,
+    envelope: Envelope,
+    flush: bool,
+    write_timeout: std::time::Duration,
+) -> Result<(), ()> {
+    let result = timeout(write_timeout, async {
+        sink.feed(envelope).await?;
+        if flush {
+            SinkExt::<Envelope>::flush(sink).await?;
+        }
+        Ok::<(), CodecError>(())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "write failed");
+            Err(())
+        }
+        Err(_) => {
+            tracing::debug!("peer too slow to read; closing");
+            Err(())
+        }
+    }
+}

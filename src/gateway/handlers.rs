@@ -1,0 +1,378 @@
+//! One handler per request: check the connection's state, translate the
+//! protobuf request into a service call, and queue the answer. Requests are
+//! taken in order; the answers are written in the same order.
+
+use std::sync::Arc;
+
+use pigeon_protocol::pb::{self, login_request};
+use pigeon_protocol::{Body, Envelope, ErrorCode, Platform, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+
+use super::connection::Outbound;
+use super::Gateway;
+use crate::clock::now_ms;
+use crate::error::ServiceError;
+use crate::service::{Authenticated, Caller, Credential, Delivered, Outgoing, Recipient};
+use crate::session::{Registration, SessionSignal};
+
+/// What the read loop does after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Read the next frame.
+    Continue,
+    /// Stop reading; the write loop finishes what is queued and closes.
+    Close,
+}
+
+struct Login {
+    caller: Caller,
+    token_hash: [u8; 32],
+    registration: Registration,
+}
+
+/// One connection's request state.
+pub struct Session {
+    gateway: Arc<Gateway>,
+    outbound: mpsc::Sender<Outbound>,
+    signal: Arc<SessionSignal>,
+    login: Option<Login>,
+}
+
+impl Session {
+    /// A session that is not logged in yet.
+    pub fn new(gateway: Arc<Gateway>, outbound: mpsc::Sender<Outbound>, signal: Arc<SessionSignal>) -> Self {
+        Session {
+            gateway,
+            outbound,
+            signal,
+            login: None,
+        }
+    }
+
+    /// The shared gateway state.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Whether a login succeeded on this connection.
+    pub fn is_authenticated(&self) -> bool {
+        self.login.is_some()
+    }
+
+    /// The registry entry to remove when the connection ends.
+    pub fn into_registration(self) -> Option<Registration> {
+        self.login.map(|l| l.registration)
+    }
+
+    /// Send a fatal error not tied to a request, then close.
+    pub async fn fatal(&mut self, error: pb::Error) -> Flow {
+        self.queue_ready(Envelope::new(0, Body::Error(error)), true).await;
+        Flow::Close
+    }
+
+    /// Handle one request frame.
+    pub async fn dispatch(&mut self, envelope: Envelope) -> Flow {
+        let id = envelope.request_id;
+        let Some(body) = envelope.body else {
+            return self.refuse(id, ErrorCode::UnknownRequest, "envelope has no body this server knows").await;
+        };
+        if id == 0 {
+            return self.refuse(0, ErrorCode::InvalidArgument, "request_id must be non-zero").await;
+        }
+        tracing::debug!(request_id = id, kind = body_kind(&body), "request");
+        match (self.login.is_some(), body) {
+            (false, Body::Register(r)) => self.register(id, r).await,
+            (false, Body::Login(l)) => self.login(id, l).await,
+            (true, Body::Register(_) | Body::Login(_)) => {
+                self.refuse(id, ErrorCode::AlreadyAuthenticated, "this connection is already logged in").await
+            }
+            (false, Body::Ping(_) | Body::Send(_) | Body::Pull(_) | Body::Ack(_) | Body::Logout(_)) => {
+                let error = pb::Error::new(ErrorCode::NotAuthenticated, "log in first");
+                self.answer(id, Err(error), true).await
+            }
+            (true, Body::Ping(p)) => {
+                let pong = pb::Pong {
+                    client_time_ms: p.client_time_ms,
+                    server_time_ms: now_ms(),
+                };
+                self.answer(id, Ok(Body::Pong(pong)), false).await
+            }
+            (true, Body::Send(s)) => self.send(id, s).await,
+            (true, Body::Pull(p)) => self.pull(id, p).await,
+            (true, Body::Ack(a)) => self.ack(id, a).await,
+            (true, Body::Logout(_)) => self.logout(id).await,
+            (_, other) => {
+                let message = format!("{} is sent by the server, not by clients", body_kind(&other));
+                self.refuse(id, ErrorCode::UnknownRequest, &message).await
+            }
+        }
+    }
+
+    async fn register(&mut self, id: u64, request: pb::RegisterRequest) -> Flow {
+        if let Err(e) = check_version(request.protocol_version) {
+            return self.answer(id, Err(e.to_wire()), true).await;
+        }
+        let result = self
+            .gateway
+            .accounts
+            .register(&request.username, &request.password)
+            .await;
+        let answer = result.map(|user_id| Body::Registered(pb::RegisterResponse { user_id }));
+        self.answer_service(id, answer).await
+    }
+
+    async fn login(&mut self, id: u64, request: pb::LoginRequest) -> Flow {
+        if let Err(e) = check_version(request.protocol_version) {
+            return self.answer(id, Err(e.to_wire()), true).await;
+        }
+        let platform = match Platform::try_from(request.platform) {
+            Ok(p) if p != Platform::Unspecified => p,
+            _ => return self.refuse(id, ErrorCode::InvalidArgument, "platform must be set to a known value").await,
+        };
+        let credential = match request.credential {
+            Some(login_request::Credential::Password(p)) if !request.username.is_empty() => Credential::Password(p),
+            Some(login_request::Credential::Token(t)) => Credential::Token(t),
+            Some(login_request::Credential::Password(_)) => {
+                return self.refuse(id, ErrorCode::InvalidArgument, "password login needs a username").await
+            }
+            None => return self.refuse(id, ErrorCode::InvalidArgument, "a password or a token is required").await,
+        };
+        let accounts = &self.gateway.accounts;
+        let auth = match accounts.authenticate(&request.username, &request.device_id, credential).await {
+            Ok(auth) => auth,
+            Err(e) => return self.answer_service(id, Err(e)).await,
+        };
+        match self.start_session(auth.user.id, &request.device_id, platform).await {
+            Ok((login, max_seq, acked_seq)) => {
+                let response = self.login_response(&auth, max_seq, acked_seq);
+                let span = tracing::Span::current();
+                span.record("user_id", auth.user.id);
+                span.record("device", request.device_id.as_str());
+                tracing::info!(platform = ?platform, "logged in");
+                self.login = Some(Login {
+                    token_hash: auth.token_hash,
+                    ..login
+                });
+                self.answer(id, Ok(Body::LoggedIn(response)), false).await
+            }
+            Err(e) => self.answer_service(id, Err(e)).await,
+        }
+    }
+
+    /// Register the session (kicking what it replaces) before reading the
+    /// queue's top, so no notify can fall between the two.
+    async fn start_session(
+        &self,
+        user: u64,
+        device_id: &str,
+        platform: Platform,
+    ) -> Result<(Login, u64, u64), ServiceError> {
+        let registry = &self.gateway.registry;
+        let registration = registry.register(user, device_id, platform.class(), self.signal.clone());
+        let caller = Caller {
+            user,
+            device_id: device_id.to_owned(),
+        };
+        match self.gateway.messaging.device_logged_in(&caller, platform as i32).await {
+            Ok((max_seq, acked_seq)) => {
+                let login = Login {
+                    caller,
+                    token_hash: [0; 32],
+                    registration,
+                };
+                Ok((login, max_seq, acked_seq))
+            }
+            Err(e) => {
+                registry.unregister(&registration);
+                Err(e)
+            }
+        }
+    }
+
+    fn login_response(&self, auth: &Authenticated, max_seq: u64, acked_seq: u64) -> pb::LoginResponse {
+        let timeouts = &self.gateway.timeouts;
+        let limits = &self.gateway.limits;
+        pb::LoginResponse {
+            user_id: auth.user.id,
+            token: auth.token.clone(),
+            token_expires_at_ms: auth.expires_at_ms,
+            heartbeat_interval_ms: timeouts.heartbeat_interval.as_millis() as u32,
+            idle_timeout_ms: timeouts.idle.as_millis() as u32,
+            server_time_ms: now_ms(),
+            max_seq,
+            acked_seq,
+            max_content_bytes: limits.max_content_bytes,
+            max_frame_bytes: limits.max_frame_bytes,
+        }
+    }
+
+    async fn logout(&mut self, id: u64) -> Flow {
+        let Some(login) = &self.login else { return Flow::Close };
+        let result = self.gateway.accounts.revoke(login.token_hash).await;
+        let answer = result.map(|()| Body::LoggedOut(pb::LogoutResponse {}));
+        let ok = answer.is_ok();
+        let flow = self.answer_service(id, answer).await;
+        if ok {
+            tracing::info!("logged out");
+            Flow::Close
+        } else {
+            flow
+        }
+    }
+
+    async fn send(&mut self, id: u64, request: pb::SendRequest) -> Flow {
+        let to = match (request.to_user_id, request.to_username.is_empty()) {
+            (0, false) => Recipient::Name(request.to_username),
+            (user, true) if user != 0 => Recipient::Id(user),
+            _ => return self.refuse(id, ErrorCode::InvalidArgument, "set exactly one of to_user_id and to_username").await,
+        };
+        let outgoing = Outgoing {
+            to,
+            client_msg_id: request.client_msg_id,
+            content_type: request.content_type,
+            content: request.content,
+        };
+        let caller = self.caller().clone();
+        let pending = match self.gateway.messaging.submit_send(&caller, outgoing).await {
+            Ok(pending) => pending,
+            Err(e) => return self.answer_service(id, Err(e)).await,
+        };
+        let answer = async move {
+            let result = pending.durable().await.map(|r| {
+                Body::Sent(pb::SendResponse {
+                    msg_id: r.msg_id,
+                    seq: r.seq,
+                    sent_at_ms: r.sent_at_ms,
+                    duplicate: r.duplicate,
+                })
+            });
+            envelope(id, result)
+        };
+        self.queue(Outbound::Pending(Box::pin(answer))).await
+    }
+
+    async fn pull(&mut self, id: u64, request: pb::PullRequest) -> Flow {
+        let messaging = self.gateway.messaging.clone();
+        let caller = self.caller().clone();
+        let answer = async move {
+            let result = messaging.pull(&caller, request.after_seq, request.limit).await;
+            let body = result.map(|page| {
+                Body::Pulled(pb::PullResponse {
+                    messages: page.messages.into_iter().map(to_wire_message).collect(),
+                    max_seq: page.max_seq,
+                    has_more: page.has_more,
+                    acked_seq: page.acked_seq,
+                })
+            });
+            envelope(id, body)
+        };
+        self.queue(Outbound::Pending(Box::pin(answer))).await
+    }
+
+    async fn ack(&mut self, id: u64, request: pb::AckRequest) -> Flow {
+        let messaging = self.gateway.messaging.clone();
+        let caller = self.caller().clone();
+        let answer = async move {
+            let result = messaging.ack(&caller, request.seq).await;
+            envelope(id, result.map(|acked_seq| Body::Acked(pb::AckResponse { acked_seq })))
+        };
+        self.queue(Outbound::Pending(Box::pin(answer))).await
+    }
+
+    fn caller(&self) -> &Caller {
+        &self.login.as_ref().expect("handlers past login run only when logged in").caller
+    }
+
+    async fn refuse(&mut self, id: u64, code: ErrorCode, message: &str) -> Flow {
+        let error = pb::Error::new(code, message);
+        let fatal = error.fatal;
+        self.answer(id, Err(error), fatal).await
+    }
+
+    async fn answer_service(&mut self, id: u64, result: Result<Body, ServiceError>) -> Flow {
+        let result = result.map_err(|e| log_refusal(&e));
+        let fatal = result.as_ref().err().is_some_and(|e| e.fatal);
+        self.answer(id, result, fatal).await
+    }
+
+    async fn answer(&mut self, id: u64, result: Result<Body, pb::Error>, close: bool) -> Flow {
+        let body = result.unwrap_or_else(Body::Error);
+        self.queue_ready(Envelope::new(id, body), close).await;
+        if close {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+
+    async fn queue_ready(&mut self, envelope: Envelope, close: bool) {
+        // If the write loop is gone the connection is closing anyway.
+        let _ = self.outbound.send(Outbound::Ready { envelope, close }).await;
+    }
+
+    async fn queue(&mut self, item: Outbound) -> Flow {
+        match self.outbound.send(item).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+}
+
+fn check_version(version: i32) -> Result<(), ServiceError> {
+    if version == PROTOCOL_VERSION as i32 {
+        Ok(())
+    } else {
+        Err(ServiceError::UnsupportedVersion(version))
+    }
+}
+
+fn envelope(id: u64, result: Result<Body, ServiceError>) -> Envelope {
+    Envelope::new(id, result.unwrap_or_else(|e| Body::Error(log_refusal(&e))))
+}
+
+fn log_refusal(error: &ServiceError) -> pb::Error {
+    match error {
+        ServiceError::Store(e) => tracing::warn!(error = %e, "request failed in the store"),
+        other => tracing::debug!(error = %other, "request refused"),
+    }
+    error.to_wire()
+}
+
+fn to_wire_message(d: Delivered) -> pb::Message {
+    let m = d.message;
+    pb::Message {
+        seq: m.seq,
+        msg_id: m.msg_id,
+        from_user_id: m.from,
+        from_username: d.from_name.to_string(),
+        to_user_id: m.to,
+        to_username: d.to_name.to_string(),
+        from_device_id: m.from_device,
+        content_type: m.content_type,
+        content: m.content,
+        sent_at_ms: crate::store::msg_id_time_ms(m.msg_id),
+        client_msg_id: m.client_msg_id,
+    }
+}
+
+fn body_kind(body: &Body) -> &'static str {
+    match body {
+        Body::Register(_) => "register",
+        Body::Login(_) => "login",
+        Body::Logout(_) => "logout",
+        Body::Ping(_) => "ping",
+        Body::Send(_) => "send",
+        Body::Pull(_) => "pull",
+        Body::Ack(_) => "ack",
+        Body::Registered(_) => "registered",
+        Body::LoggedIn(_) => "logged_in",
+        Body::LoggedOut(_) => "logged_out",
+        Body::Pong(_) => "pong",
+        Body::Sent(_) => "sent",
+        Body::Pulled(_) => "pulled",
+        Body::Acked(_) => "acked",
+        Body::Error(_) => "error",
+        Body::Notify(_) => "notify",
+        Body::Kick(_) => "kick",
+    }
+}

@@ -1,0 +1,124 @@
+//! The network edge: listener and socket options, the TLS acceptor, and one
+//! task per connection that turns frames into service calls. The gateway
+//! never touches the store.
+
+mod connection;
+mod handlers;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::{Limits, Timeouts};
+use crate::service::{Accounts, Messaging};
+use crate::session::SessionRegistry;
+
+/// Keepalive probes let the kernel find peers that vanished without a FIN
+/// even when the application-level idle timer is long.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Pause after an accept error (e.g. out of file descriptors) so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Bind the public listener: SO_REUSEADDR (restart without waiting for
+/// TIME_WAIT), the configured backlog, non-blocking for tokio.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Everything a connection task needs, shared by all of them.
+pub struct Gateway {
+    /// TLS, built once.
+    pub acceptor: TlsAcceptor,
+    /// Register, login, logout.
+    pub accounts: Arc<Accounts>,
+    /// Send, pull, ack.
+    pub messaging: Arc<Messaging>,
+    /// Who is online.
+    pub registry: Arc<SessionRegistry>,
+    /// Size limits.
+    pub limits: Limits,
+    /// Deadlines.
+    pub timeouts: Timeouts,
+}
+
+impl Gateway {
+    /// Accept connections until `shutdown`, then wait for every connection
+    /// task to finish its in-flight requests and close.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let next_id = AtomicU64::new(1);
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; closing new connection");
+                continue;
+            };
+            configure(&stream);
+            let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!(
+                "conn",
+                conn_id,
+                %peer,
+                user_id = tracing::field::Empty,
+                device = tracing::field::Empty
+            );
+            let gateway = self.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(
+                async move {
+                    connection::run(stream, gateway, shutdown).await;
+                    drop(slot);
+                }
+                .instrument(span),
+            );
+        }
+        drop(listener);
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+fn configure(stream: &TcpStream) {
+    // Failures here only cost latency or dead-peer detection; log and go on.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "set_tcp_keepalive failed");
+    }
+}

@@ -1,0 +1,88 @@
+//! The background collector: every `gc_interval` it walks every user with
+//! queue entries and queues a Collect op for each (acks collect their own
+//! user at once; this sweep catches entries that aged past the retention
+//! period or were held back by a device that has since gone inactive), then
+//! expires old dedupe records. Work per step is bounded, so a sweep never
+//! holds the writer for long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::error::ServiceError;
+
+use super::messaging::Messaging;
+
+/// Users fetched per step of the sweep.
+const USERS_PER_STEP: usize = 256;
+/// Dedupe records scanned per step.
+const DEDUPE_PER_STEP: usize = 4096;
+
+/// Run sweeps every `interval` until `shutdown`.
+pub async fn run(
+    messaging: Arc<Messaging>,
+    store: Arc<dyn crate::store::Store>,
+    interval: Duration,
+    dedupe_window: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate; start one interval in
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = sweep(&messaging, &store, dedupe_window) => r,
+        };
+        match result {
+            Ok((users, dedupe)) => tracing::debug!(users, dedupe_expired = dedupe, "gc sweep done"),
+            Err(e) => tracing::warn!(error = %e, "gc sweep failed; retrying next interval"),
+        }
+    }
+}
+
+/// One full sweep; returns (users visited, dedupe records expired).
+pub async fn sweep(
+    messaging: &Messaging,
+    store: &Arc<dyn crate::store::Store>,
+    dedupe_window: Duration,
+) -> Result<(u64, u64), ServiceError> {
+    let committer = messaging.committer();
+    let mut visited = 0u64;
+    let mut after = 0;
+    loop {
+        let store = store.clone();
+        let users = tokio::task::spawn_blocking(move || store.users_with_entries(after, USERS_PER_STEP))
+            .await
+            .map_err(|_| ServiceError::ShuttingDown)??;
+        let Some(&last) = users.last() else { break };
+        visited += users.len() as u64;
+        let now = now_ms();
+        let mut pending = Vec::with_capacity(users.len());
+        for user in users {
+            pending.push(committer.submit(messaging.collect_op(user, now)).await?);
+        }
+        for rx in pending {
+            rx.await.map_err(|_| ServiceError::ShuttingDown)??;
+        }
+        after = last;
+    }
+    let older_than = now_ms().saturating_sub(dedupe_window.as_millis() as u64);
+    let mut expired = 0;
+    let mut resume = None;
+    loop {
+        let (n, next) = committer.expire_dedupe(older_than, resume, DEDUPE_PER_STEP).await?;
+        expired += n;
+        match next {
+            Some(position) => resume = Some(position),
+            None => break,
+        }
+    }
+    Ok((visited, expired))
+}

@@ -1,0 +1,304 @@
+//! The single writer: every mutation of the message path goes through one
+//! thread that batches what is waiting into one atomic [`Store::apply`] and,
+//! when a send is in the batch, one [`Store::sync`] (group commit).
+//!
+//! While a batch is being flushed, new requests queue up and form the next
+//! batch, so one disk flush serves as many sends as arrived meanwhile. One
+//! writer also gives a total order: sends from one connection are applied in
+//! the order they were submitted, and seq assignment needs no locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::session::Notifier;
+use crate::store::{
+    MsgId, Store, StoreError, WriteOp, WriteOutcome, MSG_ID_COUNTER_BITS,
+};
+
+/// Jobs waiting for the writer. When full, submitters wait (backpressure
+/// reaches the connections, which stop reading).
+const QUEUE_DEPTH: usize = 8192;
+
+/// Result of one submitted op.
+pub type OpResult = Result<WriteOutcome, StoreError>;
+
+enum Job {
+    Write {
+        op: WriteOp,
+        reply: oneshot::Sender<OpResult>,
+    },
+    ExpireDedupe {
+        older_than_ms: u64,
+        resume: Option<Vec<u8>>,
+        limit: usize,
+        reply: oneshot::Sender<Result<(u64, Option<Vec<u8>>), StoreError>>,
+    },
+}
+
+/// Counters of the group commit, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Batches applied.
+    pub batches: AtomicU64,
+    /// Batches that were synced (contained a send).
+    pub syncs: AtomicU64,
+    /// Sends applied (duplicates included).
+    pub sends: AtomicU64,
+    /// Ops applied, of every kind.
+    pub ops: AtomicU64,
+    /// Total microseconds spent in `sync`.
+    pub sync_micros: AtomicU64,
+}
+
+/// Handle to submit writes to the writer thread.
+#[derive(Clone)]
+pub struct Committer {
+    jobs: mpsc::Sender<Job>,
+    stats: Arc<CommitStats>,
+}
+
+/// Joins the writer thread after every [`Committer`] handle is gone.
+pub struct CommitterThread(JoinHandle<()>);
+
+impl CommitterThread {
+    /// Wait for the writer to drain its queue, sync and exit.
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("the committer thread panicked");
+        }
+    }
+}
+
+impl Committer {
+    /// Start the writer thread over `store`, notifying through `notifier`
+    /// after each durable batch.
+    pub fn start(
+        store: Arc<dyn Store>,
+        notifier: Arc<dyn Notifier>,
+        max_batch: usize,
+    ) -> Result<(Committer, CommitterThread), StoreError> {
+        let floor = store.msg_id_floor()?;
+        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
+        let stats = Arc::new(CommitStats::default());
+        let writer = Writer {
+            store,
+            notifier,
+            max_batch,
+            ids: MsgIdGenerator::new(floor),
+            stats: stats.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("pigeon-committer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Io(format!("cannot start the committer thread: {e}")))?;
+        Ok((Committer { jobs, stats }, CommitterThread(handle)))
+    }
+
+    /// Queue one write. Resolves when it is applied (and, for a send, durable).
+    /// The op enters the queue before this returns its receiver, so ops
+    /// submitted one after another are applied in that order.
+    pub async fn submit(&self, op: WriteOp) -> Result<oneshot::Receiver<OpResult>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Write { op, reply })
+            .await
+            .map_err(|_| stopped())?;
+        Ok(rx)
+    }
+
+    /// Submit one write and wait for its outcome.
+    pub async fn write(&self, op: WriteOp) -> OpResult {
+        self.submit(op).await?.await.map_err(|_| stopped())?
+    }
+
+    /// Expire dedupe records on the writer thread, so a record being
+    /// replaced by a concurrent send is never removed under it.
+    pub async fn expire_dedupe(
+        &self,
+        older_than_ms: u64,
+        resume: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::ExpireDedupe {
+                older_than_ms,
+                resume,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Group-commit counters.
+    pub fn stats(&self) -> Arc<CommitStats> {
+        self.stats.clone()
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Io("the committer has stopped".into())
+}
+
+/// Time-ordered unique message ids: milliseconds since the epoch in the high
+/// bits, a counter in the low 16. Always above the last id issued, even if
+/// the clock steps back or a millisecond sees more than 65,536 ids.
+struct MsgIdGenerator {
+    last: MsgId,
+}
+
+impl MsgIdGenerator {
+    fn new(floor: MsgId) -> Self {
+        MsgIdGenerator { last: floor }
+    }
+
+    fn next(&mut self, now_ms: u64) -> MsgId {
+        self.last = (now_ms << MSG_ID_COUNTER_BITS).max(self.last + 1);
+        self.last
+    }
+}
+
+struct Writer {
+    store: Arc<dyn Store>,
+    notifier: Arc<dyn Notifier>,
+    max_batch: usize,
+    ids: MsgIdGenerator,
+    stats: Arc<CommitStats>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut batch: Vec<(WriteOp, oneshot::Sender<OpResult>)> = Vec::new();
+        while let Some(job) = rx.blocking_recv() {
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write { op, reply } => batch.push((op, reply)),
+                    Job::ExpireDedupe {
+                        older_than_ms,
+                        resume,
+                        limit,
+                        reply,
+                    } => {
+                        // Ops already batched go first, to keep submit order.
+                        self.commit(&mut batch);
+                        let result = self.store.expire_dedupe(older_than_ms, resume, limit);
+                        // The caller may have gone away; nothing to undo.
+                        let _ = reply.send(result);
+                    }
+                }
+                if batch.len() < self.max_batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(&mut batch);
+        }
+        // Every handle is gone: make everything applied durable before exit.
+        if let Err(e) = self.store.sync() {
+            tracing::error!(error = %e, "final store sync failed");
+        }
+    }
+
+    fn commit(&mut self, batch: &mut Vec<(WriteOp, oneshot::Sender<OpResult>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let now_ms = crate::clock::now_ms();
+        let mut sends = 0u64;
+        for (op, _) in batch.iter_mut() {
+            if let WriteOp::Send { message, .. } = op {
+                message.msg_id = self.ids.next(now_ms);
+                sends += 1;
+            }
+        }
+        let ops: Vec<WriteOp> = batch.iter().map(|(op, _)| op.clone()).collect();
+        let result = self.store.apply(&ops).and_then(|outcomes| {
+            if sends > 0 {
+                let started = Instant::now();
+                self.store.sync()?;
+                self.stats
+                    .sync_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(outcomes)
+        });
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.sends.fetch_add(sends, Ordering::Relaxed);
+        self.stats.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(outcomes) => {
+                for ((op, reply), outcome) in batch.drain(..).zip(outcomes) {
+                    self.notify(&op, &outcome);
+                    // A submitter that went away (connection closed) still had
+                    // its write applied; nothing to undo.
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ops = ops.len(), "store batch failed");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(clone_error(&e)));
+                }
+            }
+        }
+    }
+
+    fn notify(&self, op: &WriteOp, outcome: &WriteOutcome) {
+        let (
+            WriteOp::Send { message, .. },
+            WriteOutcome::Sent {
+                sender_seq,
+                recipient_seq,
+                duplicate: false,
+                ..
+            },
+        ) = (op, outcome)
+        else {
+            return;
+        };
+        self.notifier.notify(message.to, *recipient_seq);
+        if message.from != message.to {
+            self.notifier.notify(message.from, *sender_seq);
+        }
+    }
+}
+
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Io(m) => StoreError::Io(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        StoreError::SchemaVersion { found, expected } => StoreError::SchemaVersion {
+            found: *found,
+            expected: *expected,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msg_ids_grow_even_when_the_clock_steps_back() {
+        let mut ids = MsgIdGenerator::new(0);
+        let a = ids.next(1_000);
+        let b = ids.next(1_000);
+        let c = ids.next(900);
+        assert!(a < b && b < c);
+        assert_eq!(crate::store::msg_id_time_ms(a), 1_000);
+    }
+
+    #[test]
+    fn msg_ids_start_above_the_stored_floor() {
+        let floor = 5_000 << MSG_ID_COUNTER_BITS;
+        let mut ids = MsgIdGenerator::new(floor);
+        assert!(ids.next(10) > floor);
+    }
+}

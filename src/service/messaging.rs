@@ -1,0 +1,356 @@
+//! Messaging rules: send 1:1, pull (with its implicit ack), ack, and the
+//! device bookkeeping of login. Assign, persist through the committer, then
+//! notify (the committer notifies after the durable flush).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::clock::now_ms;
+use crate::error::ServiceError;
+use crate::store::{
+    msg_id_time_ms, MsgId, NewMessage, Seq, Store, StoreError, StoredMessage, UserId, WriteOp,
+    WriteOutcome,
+};
+
+use super::committer::{Committer, OpResult};
+
+/// Most entries one Collect op deletes; the sweep comes back for the rest.
+const COLLECT_LIMIT: usize = 10_000;
+/// Usernames kept in the id → name cache before it is cleared.
+const NAME_CACHE_CAP: usize = 100_000;
+
+/// Where a message goes.
+#[derive(Debug, Clone)]
+pub enum Recipient {
+    /// By user id.
+    Id(UserId),
+    /// By username.
+    Name(String),
+}
+
+/// A send as the gateway hands it over.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The recipient.
+    pub to: Recipient,
+    /// The sender's idempotency key.
+    pub client_msg_id: String,
+    /// Opaque label ("text/plain" when the client left it empty).
+    pub content_type: String,
+    /// Opaque body.
+    pub content: Bytes,
+}
+
+/// The answer to a stored send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The message id.
+    pub msg_id: MsgId,
+    /// Its seq in the sender's queue.
+    pub seq: Seq,
+    /// When it was accepted, ms since the epoch.
+    pub sent_at_ms: u64,
+    /// True if a resend of an already stored message.
+    pub duplicate: bool,
+}
+
+/// A queue entry with the names the client shows.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The stored entry.
+    pub message: StoredMessage,
+    /// The sender's username.
+    pub from_name: Arc<str>,
+    /// The recipient's username.
+    pub to_name: Arc<str>,
+}
+
+/// A page of a pull.
+#[derive(Debug, Clone)]
+pub struct PulledPage {
+    /// Entries in seq order.
+    pub messages: Vec<Delivered>,
+    /// The queue's top.
+    pub max_seq: Seq,
+    /// More entries wait above the last one.
+    pub has_more: bool,
+    /// The device's cursor after the implicit ack.
+    pub acked_seq: Seq,
+}
+
+/// Rules of the message path.
+#[derive(Debug, Clone)]
+pub struct MessagingRules {
+    /// Largest content.
+    pub max_content_bytes: usize,
+    /// Most entries per pull.
+    pub max_pull: usize,
+    /// Dedupe window for client_msg_id.
+    pub dedupe_window: Duration,
+    /// Acked entries younger than this are kept.
+    pub history_retention: Duration,
+    /// Devices silent this long do not hold the queue back.
+    pub device_inactive_after: Duration,
+}
+
+/// The message path over the store and the committer.
+pub struct Messaging {
+    store: Arc<dyn Store>,
+    committer: Committer,
+    rules: MessagingRules,
+    names: Mutex<HashMap<UserId, Arc<str>>>,
+}
+
+/// The device that makes a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The user.
+    pub user: UserId,
+    /// The device.
+    pub device_id: String,
+}
+
+impl Messaging {
+    /// The message path.
+    pub fn new(store: Arc<dyn Store>, committer: Committer, rules: MessagingRules) -> Self {
+        Messaging {
+            store,
+            committer,
+            rules,
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The committer (for the background collector and stats).
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    /// Record a login of a device; returns (queue max_seq, device cursor).
+    pub async fn device_logged_in(
+        &self,
+        caller: &Caller,
+        platform: i32,
+    ) -> Result<(Seq, Seq), ServiceError> {
+        let outcome = self
+            .committer
+            .write(WriteOp::Touch {
+                user: caller.user,
+                device_id: caller.device_id.clone(),
+                platform,
+                now_ms: now_ms(),
+            })
+            .await?;
+        let WriteOutcome::Touched { acked_seq } = outcome else {
+            return Err(unexpected(outcome));
+        };
+        let max_seq = self.store.max_seq(caller.user)?;
+        Ok((max_seq, acked_seq))
+    }
+
+    /// Validate a send and queue it for the committer. The returned future
+    /// resolves once the message is durable. Sends queued one after another
+    /// from one connection are stored in that order.
+    pub async fn submit_send(
+        &self,
+        caller: &Caller,
+        outgoing: Outgoing,
+    ) -> Result<PendingSend, ServiceError> {
+        validate_send(&outgoing, self.rules.max_content_bytes)?;
+        let to = self.resolve(&outgoing.to)?;
+        let content_type = if outgoing.content_type.is_empty() {
+            "text/plain".to_owned()
+        } else {
+            outgoing.content_type
+        };
+        let message = NewMessage {
+            msg_id: 0, // assigned by the committer, in commit order
+            from: caller.user,
+            from_device: caller.device_id.clone(),
+            to,
+            client_msg_id: outgoing.client_msg_id,
+            content_type,
+            content: outgoing.content,
+        };
+        let dedupe_since_ms = now_ms().saturating_sub(self.rules.dedupe_window.as_millis() as u64);
+        let rx = self
+            .committer
+            .submit(WriteOp::Send {
+                message,
+                dedupe_since_ms,
+            })
+            .await?;
+        Ok(PendingSend(rx))
+    }
+
+    /// Pull entries above `after_seq`, acknowledging up to `after_seq` first.
+    pub async fn pull(
+        &self,
+        caller: &Caller,
+        after_seq: Seq,
+        limit: u32,
+    ) -> Result<PulledPage, ServiceError> {
+        let acked_seq = self.ack(caller, after_seq).await?;
+        let limit = match limit {
+            0 => 100,
+            n => (n as usize).min(self.rules.max_pull),
+        };
+        let store = self.store.clone();
+        let user = caller.user;
+        let page = tokio::task::spawn_blocking(move || store.pull(user, after_seq, limit))
+            .await
+            .map_err(|_| ServiceError::ShuttingDown)??;
+        let mut messages = Vec::with_capacity(page.messages.len());
+        for message in page.messages {
+            let from_name = self.username(message.from)?;
+            let to_name = self.username(message.to)?;
+            messages.push(Delivered {
+                message,
+                from_name,
+                to_name,
+            });
+        }
+        Ok(PulledPage {
+            messages,
+            max_seq: page.max_seq,
+            has_more: page.has_more,
+            acked_seq,
+        })
+    }
+
+    /// Acknowledge up to `seq` for the caller's device, then collect what
+    /// every active device has acknowledged. Returns the device's cursor.
+    pub async fn ack(&self, caller: &Caller, seq: Seq) -> Result<Seq, ServiceError> {
+        let now = now_ms();
+        let ack = self
+            .committer
+            .submit(WriteOp::Ack {
+                user: caller.user,
+                device_id: caller.device_id.clone(),
+                seq,
+                now_ms: now,
+            })
+            .await?;
+        // Queued right behind the ack, so usually in the same batch. The
+        // answer waits for it, so what an answered ack freed is gone; a
+        // failure only leaves work for the background sweep.
+        let collect = self.committer.submit(self.collect_op(caller.user, now)).await?;
+        let acked = ack.await.map_err(|_| ServiceError::ShuttingDown)??;
+        match collect.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "collect after ack failed"),
+            Err(_) => return Err(ServiceError::ShuttingDown),
+        }
+        match acked {
+            WriteOutcome::Acked { acked_seq } => Ok(acked_seq),
+            WriteOutcome::AckBeyondMax { max_seq } => {
+                Err(ServiceError::AckBeyondMaxSeq { seq, max_seq })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The Collect op for one user under the configured rules.
+    pub fn collect_op(&self, user: UserId, now: u64) -> WriteOp {
+        WriteOp::Collect {
+            user,
+            active_since_ms: now.saturating_sub(self.rules.device_inactive_after.as_millis() as u64),
+            // An entry may go once it is `history_retention` old: with a
+            // retention of zero, everything up to this millisecond.
+            retain_since_ms: now
+                .saturating_sub(self.rules.history_retention.as_millis() as u64)
+                .saturating_add(1),
+            limit: COLLECT_LIMIT,
+        }
+    }
+
+    fn resolve(&self, to: &Recipient) -> Result<UserId, ServiceError> {
+        let user = match to {
+            Recipient::Id(id) => self.store.user(*id)?,
+            Recipient::Name(name) => self.store.user_by_name(name)?,
+        };
+        match user {
+            Some(user) => {
+                self.remember(user.id, &user.username);
+                Ok(user.id)
+            }
+            None => Err(ServiceError::UnknownUser(match to {
+                Recipient::Id(id) => format!("user id {id}"),
+                Recipient::Name(name) => name.clone(),
+            })),
+        }
+    }
+
+    fn remember(&self, id: UserId, name: &str) -> Arc<str> {
+        let mut names = self.names.lock().expect("name cache lock is never poisoned");
+        if names.len() >= NAME_CACHE_CAP {
+            names.clear();
+        }
+        names.entry(id).or_insert_with(|| Arc::from(name)).clone()
+    }
+
+    /// A username by id (usernames never change, so the cache is never stale).
+    fn username(&self, id: UserId) -> Result<Arc<str>, ServiceError> {
+        if let Some(name) = self.names.lock().expect("name cache lock is never poisoned").get(&id) {
+            return Ok(name.clone());
+        }
+        match self.store.user(id)? {
+            Some(user) => Ok(self.remember(id, &user.username)),
+            None => Ok(Arc::from("")),
+        }
+    }
+}
+
+/// A send queued for the committer.
+pub struct PendingSend(oneshot::Receiver<OpResult>);
+
+impl PendingSend {
+    /// Wait until the message is durable (or the batch failed).
+    pub async fn durable(self) -> Result<Receipt, ServiceError> {
+        let outcome = self.0.await.map_err(|_| ServiceError::ShuttingDown)??;
+        match outcome {
+            WriteOutcome::Sent {
+                msg_id,
+                sender_seq,
+                duplicate,
+                ..
+            } => Ok(Receipt {
+                msg_id,
+                seq: sender_seq,
+                sent_at_ms: msg_id_time_ms(msg_id),
+                duplicate,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn validate_send(outgoing: &Outgoing, max_content: usize) -> Result<(), ServiceError> {
+    if outgoing.content.len() > max_content {
+        return Err(ServiceError::ContentTooLarge {
+            len: outgoing.content.len(),
+            max: max_content,
+        });
+    }
+    if !(1..=64).contains(&outgoing.client_msg_id.len()) {
+        return Err(ServiceError::InvalidArgument(
+            "client_msg_id must be 1 to 64 bytes".into(),
+        ));
+    }
+    if outgoing.content_type.len() > 128 {
+        return Err(ServiceError::InvalidArgument(
+            "content_type must be at most 128 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn unexpected(outcome: WriteOutcome) -> ServiceError {
+    ServiceError::Store(StoreError::Corrupt(format!(
+        "the store answered with an unexpected outcome: {outcome:?}"
+    )))
+}

@@ -1,0 +1,12 @@
+//! Domain rules: accounts, sending, pulling, acknowledging, collecting.
+//! Assign ids, persist through the single writer, then notify. No protocol
+//! types and no sockets: the gateway translates frames into these calls.
+
+pub mod accounts;
+pub mod collector;
+pub mod committer;
+pub mod messaging;
+
+pub use accounts::{Accounts, Authenticated, Credential};
+pub use committer::{CommitStats, Committer, CommitterThread};
+pub use messaging::{Caller, Delivered, Messaging, MessagingRules, Outgoing, PulledPage, Receipt, Recipient};

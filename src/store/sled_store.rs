@@ -1,0 +1,443 @@
+//! The sled engine behind [`Store`]: trees, schema version, durability.
+//!
+//! This is the only module of the server that imports sled. It owns the
+//! trees (named key_value), opening (leftover snapshot clean-up, schema
+//! check), `sync` and every read; the write batch of [`Store::apply`] lives in
+//! [`batch`]. Key and value layouts are in [`super::records`].
+//!
+//! Trees (key → value):
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | `schema_version` / `msgid_floor` / `next_user_id` | u32 BE / u64 BE / u64 BE |
+//! | `userid_user` | user (8 BE) | `UserValue` |
+//! | `username_userid` | username (UTF-8) | user (8 BE) |
+//! | `tokenhash_token` | SHA-256 of the token (32) | `TokenValue` |
+//! | `userdevice_device` | user (8 BE) ++ device id | `DeviceValue` |
+//! | `userseq_msgid` | user (8 BE) ++ seq (8 BE) | msg id (8 BE) |
+//! | `userid_maxseq` | user (8 BE) | seq (8 BE) |
+//! | `msgid_body` | msg id (8 BE) | `BodyValue` (with refcount) |
+//! | `userclientmsgid_dedupe` | sender (8 BE) ++ client_msg_id | `DedupeValue` |
+
+mod batch;
+mod files;
+#[cfg(test)]
+mod tests;
+
+use std::ops::Bound;
+use std::path::Path;
+
+use prost::Message;
+use sled::Tree;
+
+use super::records::{
+    decode, decode_u64, split_user_seq, split_user_str, u64_key, user_seq_key, user_str_key,
+    BodyValue, DedupeValue, DeviceValue, TokenValue, UserValue,
+};
+use super::{
+    msg_id_time_ms, DeviceRecord, Durability, MsgId, Page, Seq, Store, StoreError, StoreStats,
+    StoredMessage, TokenRecord, UserId, UserRecord, WriteOp, WriteOutcome,
+};
+use files::SyncFiles;
+
+/// The schema version this build reads and writes. Bump it when a key or
+/// value layout changes incompatibly, and add the step to [`SledStore::migrate`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META_SCHEMA_VERSION: &[u8] = b"schema_version";
+const META_MSGID_FLOOR: &[u8] = b"msgid_floor";
+const META_NEXT_USER_ID: &[u8] = b"next_user_id";
+
+/// Tuning of the sled engine; the defaults suit a single pigeond.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SledOptions {
+    /// Bytes of sled's page cache (sled's own default is 1 GiB, too much for
+    /// a server that also holds many connections).
+    pub cache_capacity_bytes: u64,
+    /// How often sled's background flusher writes and fsyncs; it bounds the
+    /// loss window of [`Durability::Buffered`].
+    pub flush_every_ms: Option<u64>,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+            flush_every_ms: Some(500),
+        }
+    }
+}
+
+/// The trees of one database, opened once.
+struct Trees {
+    meta: Tree,
+    userid_user: Tree,
+    username_userid: Tree,
+    tokenhash_token: Tree,
+    userdevice_device: Tree,
+    userseq_msgid: Tree,
+    userid_maxseq: Tree,
+    msgid_body: Tree,
+    userclientmsgid_dedupe: Tree,
+}
+
+impl Trees {
+    fn open(db: &sled::Db) -> Result<Trees, StoreError> {
+        let tree = |name: &str| db.open_tree(name).map_err(from_sled);
+        Ok(Trees {
+            meta: tree("meta")?,
+            userid_user: tree("userid_user")?,
+            username_userid: tree("username_userid")?,
+            tokenhash_token: tree("tokenhash_token")?,
+            userdevice_device: tree("userdevice_device")?,
+            userseq_msgid: tree("userseq_msgid")?,
+            userid_maxseq: tree("userid_maxseq")?,
+            msgid_body: tree("msgid_body")?,
+            userclientmsgid_dedupe: tree("userclientmsgid_dedupe")?,
+        })
+    }
+}
+
+/// The sled engine.
+///
+/// Single-writer assumption: every [`Store::apply`] call comes from one
+/// thread (the service's committer). `apply` finds the entries and devices a
+/// `Collect` looks at with range scans before its transaction (sled
+/// transactions cannot scan) and re-reads each inside it; a concurrent
+/// `apply` could add a device between the two and is therefore not allowed.
+/// The other methods may be called from any thread.
+pub struct SledStore {
+    db: sled::Db,
+    trees: Trees,
+    durability: Durability,
+    files: SyncFiles,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `path` with [`SledOptions::default`].
+    pub fn open(path: &Path, durability: Durability) -> Result<SledStore, StoreError> {
+        Self::open_with(path, durability, &SledOptions::default())
+    }
+
+    /// Opens (or creates) the store in `path`. Removes an unfinished sled
+    /// snapshot first, writes the schema version into a new store and
+    /// refuses one written by an incompatible version.
+    pub fn open_with(
+        path: &Path,
+        durability: Durability,
+        options: &SledOptions,
+    ) -> Result<SledStore, StoreError> {
+        let created = !path.exists();
+        files::remove_unfinished_snapshots(path)?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity_bytes)
+            .flush_every_ms(options.flush_every_ms)
+            .open()
+            .map_err(from_sled)?;
+        let trees = Trees::open(&db)?;
+        let files = SyncFiles::open(path, created)?;
+        let store = SledStore {
+            db,
+            trees,
+            durability,
+            files,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// Reads the schema version, writing it (durably) into a new store.
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let meta = &self.trees.meta;
+        let Some(raw) = meta.get(META_SCHEMA_VERSION).map_err(from_sled)? else {
+            if !meta.is_empty() {
+                return Err(StoreError::Corrupt(
+                    "meta has records but no schema version".into(),
+                ));
+            }
+            meta.insert(META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes())
+                .map_err(from_sled)?;
+            // A new store is made durable whatever the configured durability,
+            // so that a crash never leaves a data directory without a version.
+            return self.fsync();
+        };
+        let found: [u8; 4] = raw
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("schema version of {} bytes", raw.len())))?;
+        self.migrate(u32::from_be_bytes(found))
+    }
+
+    /// Brings a store written by an older schema up to [`SCHEMA_VERSION`].
+    ///
+    /// Version 1 is the first, so there is nothing to migrate yet. Version 2
+    /// would add an arm `1 => { self.migrate_v1_to_v2()?; self.migrate(2) }`
+    /// whose step rewrites records in bounded transactions, idempotently, and
+    /// writes the new version into `meta` last, so a crash mid-way re-runs it.
+    fn migrate(&self, found: u32) -> Result<(), StoreError> {
+        match found {
+            SCHEMA_VERSION => Ok(()),
+            _ => Err(StoreError::SchemaVersion {
+                found,
+                expected: SCHEMA_VERSION,
+            }),
+        }
+    }
+
+    /// Flushes sled's log, then fsyncs what `flush` does not (STORE-NOTES 2).
+    fn fsync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(from_sled)?;
+        self.files.fsync()
+    }
+
+    /// Reads a u64 stored under `key` (0 if absent).
+    fn read_u64(tree: &Tree, key: &[u8], what: &str) -> Result<u64, StoreError> {
+        match tree.get(key).map_err(from_sled)? {
+            Some(raw) => decode_u64(what, &raw),
+            None => Ok(0),
+        }
+    }
+
+    /// The stored message a queue entry points at.
+    fn stored_message(&self, key: &[u8], value: &[u8]) -> Result<StoredMessage, StoreError> {
+        let (_, seq) = split_user_seq(key)?;
+        let msg_id = decode_u64("queue entry", value)?;
+        let Some(raw) = self
+            .trees
+            .msgid_body
+            .get(u64_key(msg_id))
+            .map_err(from_sled)?
+        else {
+            return Err(StoreError::Corrupt(format!(
+                "queue entry {seq} has no body {msg_id}"
+            )));
+        };
+        let body: BodyValue = decode("message body", &raw)?;
+        Ok(StoredMessage {
+            seq,
+            msg_id,
+            from: body.from,
+            from_device: body.from_device,
+            to: body.to,
+            client_msg_id: body.client_msg_id,
+            content_type: body.content_type,
+            content: body.content,
+        })
+    }
+}
+
+impl Store for SledStore {
+    fn apply(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        batch::apply(&self.trees, ops)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        match self.durability {
+            Durability::Fsync => self.fsync(),
+            Durability::Flush => self.db.flush().map(drop).map_err(from_sled),
+            Durability::Buffered => Ok(()),
+        }
+    }
+
+    fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: u64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let created = batch::create_user(&self.trees, username, password_hash, now_ms)?;
+        if created.is_some() {
+            self.sync()?;
+        }
+        Ok(created)
+    }
+
+    fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let Some(raw) = self.trees.userid_user.get(u64_key(id)).map_err(from_sled)? else {
+            return Ok(None);
+        };
+        Ok(Some(decode::<UserValue>("user", &raw)?.into_record(id)))
+    }
+
+    fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let Some(raw) = self
+            .trees
+            .username_userid
+            .get(username)
+            .map_err(from_sled)?
+        else {
+            return Ok(None);
+        };
+        let id = decode_u64("username index", &raw)?;
+        match self.user(id)? {
+            Some(user) => Ok(Some(user)),
+            None => Err(StoreError::Corrupt(format!(
+                "username index points at missing user {id}"
+            ))),
+        }
+    }
+
+    fn put_token(&self, token_hash: &[u8; 32], token: &TokenRecord) -> Result<(), StoreError> {
+        let value = TokenValue::from_record(token).encode_to_vec();
+        self.trees
+            .tokenhash_token
+            .insert(token_hash, value)
+            .map_err(from_sled)?;
+        self.sync()
+    }
+
+    fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        let Some(raw) = self
+            .trees
+            .tokenhash_token
+            .get(token_hash)
+            .map_err(from_sled)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(decode::<TokenValue>("token", &raw)?.into_record()))
+    }
+
+    fn delete_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.trees
+            .tokenhash_token
+            .remove(token_hash)
+            .map_err(from_sled)?;
+        self.sync()
+    }
+
+    fn devices(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut devices = Vec::new();
+        for item in self.trees.userdevice_device.scan_prefix(u64_key(user)) {
+            let (key, raw) = item.map_err(from_sled)?;
+            let (_, device_id) = split_user_str(&key)?;
+            devices.push(decode::<DeviceValue>("device", &raw)?.into_record(device_id));
+        }
+        Ok(devices)
+    }
+
+    fn device(&self, user: UserId, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let key = user_str_key(user, device_id);
+        let Some(raw) = self.trees.userdevice_device.get(key).map_err(from_sled)? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            decode::<DeviceValue>("device", &raw)?.into_record(device_id.to_owned()),
+        ))
+    }
+
+    fn max_seq(&self, user: UserId) -> Result<Seq, StoreError> {
+        Self::read_u64(&self.trees.userid_maxseq, &u64_key(user), "max seq")
+    }
+
+    fn pull(&self, user: UserId, after_seq: Seq, limit: usize) -> Result<Page, StoreError> {
+        let max_seq = self.max_seq(user)?;
+        let Some(first) = after_seq.checked_add(1) else {
+            return Ok(Page {
+                messages: Vec::new(),
+                max_seq,
+                has_more: false,
+            });
+        };
+        let range = user_seq_key(user, first)..=user_seq_key(user, Seq::MAX);
+        let mut entries = self.trees.userseq_msgid.range(range);
+        let mut messages = Vec::new();
+        for item in entries.by_ref().take(limit) {
+            let (key, value) = item.map_err(from_sled)?;
+            messages.push(self.stored_message(&key, &value)?);
+        }
+        let has_more = entries.next().transpose().map_err(from_sled)?.is_some();
+        Ok(Page {
+            messages,
+            max_seq,
+            has_more,
+        })
+    }
+
+    fn msg_id_floor(&self) -> Result<MsgId, StoreError> {
+        Self::read_u64(&self.trees.meta, META_MSGID_FLOOR, "msgid floor")
+    }
+
+    fn expire_dedupe(
+        &self,
+        older_than_ms: u64,
+        resume: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+        let tree = &self.trees.userclientmsgid_dedupe;
+        // `resume` is the last key scanned by the previous call.
+        let start = match &resume {
+            Some(key) => Bound::Excluded(key.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut records = tree.range::<Vec<u8>, _>((start, Bound::Unbounded));
+        let mut last = resume;
+        let mut deleted = 0;
+        for item in records.by_ref().take(limit) {
+            let (key, raw) = item.map_err(from_sled)?;
+            let record: DedupeValue = decode("dedupe record", &raw)?;
+            if msg_id_time_ms(record.msg_id) < older_than_ms {
+                // Compare-and-swap: a send that replaced this record since the
+                // scan read it keeps its fresh record.
+                let swapped = tree.compare_and_swap(&key, Some(&raw), None::<&[u8]>);
+                if swapped.map_err(from_sled)?.is_ok() {
+                    deleted += 1;
+                }
+            }
+            last = Some(key.to_vec());
+        }
+        let more = records.next().transpose().map_err(from_sled)?.is_some();
+        Ok((
+            deleted,
+            if more {
+                Some(last.unwrap_or_default())
+            } else {
+                None
+            },
+        ))
+    }
+
+    fn users_with_entries(&self, after: UserId, limit: usize) -> Result<Vec<UserId>, StoreError> {
+        let mut users = Vec::new();
+        let mut next = after.checked_add(1);
+        while let Some(candidate) = next {
+            if users.len() >= limit {
+                break;
+            }
+            // One seek per user: jump to the first entry at or after the
+            // candidate, then past that user's whole range.
+            let Some(item) = self
+                .trees
+                .userseq_msgid
+                .range(user_seq_key(candidate, 0)..)
+                .next()
+            else {
+                break;
+            };
+            let (key, _) = item.map_err(from_sled)?;
+            let (user, _) = split_user_seq(&key)?;
+            users.push(user);
+            next = user.checked_add(1);
+        }
+        Ok(users)
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        // `len` walks the tree: fine for operators and tests, not a hot path.
+        Ok(StoreStats {
+            entries: self.trees.userseq_msgid.len() as u64,
+            bodies: self.trees.msgid_body.len() as u64,
+            disk_bytes: self.db.size_on_disk().map_err(from_sled)?,
+        })
+    }
+}
+
+/// Maps a sled error: I/O stays retryable, everything else means the data
+/// or the engine is not in a state this code can work with.
+fn from_sled(error: sled::Error) -> StoreError {
+    match error {
+        sled::Error::Io(e) => StoreError::Io(e.to_string()),
+        other => StoreError::Corrupt(other.to_string()),
+    }
+}

@@ -1,0 +1,499 @@
+//! The writes of the sled engine: one [`Store::apply`] batch (and one
+//! `create_user`) is one multi-tree sled transaction, so after a crash either
+//! all of it is there or none of it (STORE-NOTES 1).
+//!
+//! Owns the rules of each [`WriteOp`] as they touch the trees; never syncs
+//! (the caller does) and never reads outside its transaction except the
+//! scans that `Collect` needs before it (see [`scan_for_collect`]).
+//!
+//! [`Store::apply`]: crate::store::Store::apply
+
+use std::collections::{BTreeSet, HashMap};
+
+use prost::Message;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::{from_sled, Trees, META_MSGID_FLOOR, META_NEXT_USER_ID};
+use crate::store::records::{
+    decode, decode_u64, split_user_seq, u64_key, user_seq_key, user_str_key, BodyValue,
+    DedupeValue, DeviceValue, UserValue,
+};
+use crate::store::{
+    msg_id_time_ms, MsgId, NewMessage, Seq, StoreError, UserId, UserRecord, WriteOp, WriteOutcome,
+};
+
+type TxError = ConflictableTransactionError<StoreError>;
+type TxResult<T> = Result<T, TxError>;
+
+/// Lifts a decoding result into the transaction: an error aborts it.
+fn tx<T>(result: Result<T, StoreError>) -> TxResult<T> {
+    result.map_err(ConflictableTransactionError::Abort)
+}
+
+fn corrupt(message: String) -> TxError {
+    ConflictableTransactionError::Abort(StoreError::Corrupt(message))
+}
+
+fn finish_tx<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    result.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => from_sled(e),
+    })
+}
+
+/// What a user's `Collect` ops may look at, found by range scans before the
+/// transaction because sled transactions cannot scan. Safe under the
+/// single-writer assumption (see `SledStore`): nothing else adds entries or
+/// devices between the scan and the transaction, and the transaction
+/// re-reads every key it found.
+struct CollectScan {
+    /// The lowest seqs of the user's queue, in order.
+    seqs: Vec<Seq>,
+    /// True if `seqs` is the whole queue.
+    complete: bool,
+    /// Keys of the user's devices.
+    devices: Vec<Vec<u8>>,
+}
+
+fn scan_for_collect(
+    trees: &Trees,
+    ops: &[WriteOp],
+) -> Result<HashMap<UserId, CollectScan>, StoreError> {
+    // Several Collects of one user in one batch together delete at most the
+    // sum of their limits; one more entry tells the last one whether more
+    // remain.
+    let mut wanted: HashMap<UserId, usize> = HashMap::new();
+    for op in ops {
+        if let WriteOp::Collect { user, limit, .. } = op {
+            let sum = wanted.entry(*user).or_default();
+            *sum = sum.saturating_add(*limit);
+        }
+    }
+    let mut scans = HashMap::with_capacity(wanted.len());
+    for (user, sum) in wanted {
+        let need = sum.saturating_add(1);
+        let mut seqs = Vec::new();
+        for item in trees.userseq_msgid.scan_prefix(u64_key(user)).take(need) {
+            let (key, _) = item.map_err(from_sled)?;
+            seqs.push(split_user_seq(&key)?.1);
+        }
+        let mut devices = Vec::new();
+        for item in trees.userdevice_device.scan_prefix(u64_key(user)) {
+            devices.push(item.map_err(from_sled)?.0.to_vec());
+        }
+        let complete = seqs.len() < need;
+        scans.insert(
+            user,
+            CollectScan {
+                seqs,
+                complete,
+                devices,
+            },
+        );
+    }
+    Ok(scans)
+}
+
+/// Applies `ops` in one transaction; see [`crate::store::Store::apply`].
+pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+    if ops.is_empty() {
+        return Ok(Vec::new());
+    }
+    let scans = scan_for_collect(trees, ops)?;
+    let trees = (
+        &trees.meta,
+        &trees.userdevice_device,
+        &trees.userseq_msgid,
+        &trees.userid_maxseq,
+        &trees.msgid_body,
+        &trees.userclientmsgid_dedupe,
+    );
+    // sled may run the closure again on a conflict, so all batch state is
+    // made inside it.
+    finish_tx(
+        trees.transaction(|(meta, devices, queue, maxseq, bodies, dedupe)| {
+            let mut batch = Batch {
+                meta,
+                devices,
+                queue,
+                maxseq,
+                bodies,
+                dedupe,
+                scans: &scans,
+                max_seqs: HashMap::new(),
+                raised: BTreeSet::new(),
+                new_seqs: HashMap::new(),
+                new_devices: BTreeSet::new(),
+                top_msg_id: 0,
+            };
+            let outcomes = ops
+                .iter()
+                .map(|op| batch.apply(op))
+                .collect::<TxResult<Vec<_>>>()?;
+            batch.finish()?;
+            Ok(outcomes)
+        }),
+    )
+}
+
+/// One batch in flight: the transaction's trees plus what the batch has
+/// done so far, so that each user's max seq and the msg id floor are
+/// written once per batch rather than once per op.
+struct Batch<'a> {
+    meta: &'a TransactionalTree,
+    devices: &'a TransactionalTree,
+    queue: &'a TransactionalTree,
+    maxseq: &'a TransactionalTree,
+    bodies: &'a TransactionalTree,
+    dedupe: &'a TransactionalTree,
+    scans: &'a HashMap<UserId, CollectScan>,
+    /// Max seq per user as of the current op.
+    max_seqs: HashMap<UserId, Seq>,
+    /// Users whose max seq this batch raised.
+    raised: BTreeSet<UserId>,
+    /// Queue entries this batch added, per user, in seq order.
+    new_seqs: HashMap<UserId, Vec<Seq>>,
+    /// Device keys this batch wrote.
+    new_devices: BTreeSet<Vec<u8>>,
+    /// The largest msg id of the batch's sends.
+    top_msg_id: MsgId,
+}
+
+impl Batch<'_> {
+    fn apply(&mut self, op: &WriteOp) -> TxResult<WriteOutcome> {
+        match op {
+            WriteOp::Send {
+                message,
+                dedupe_since_ms,
+            } => self.send(message, *dedupe_since_ms),
+            WriteOp::Touch {
+                user,
+                device_id,
+                platform,
+                now_ms,
+            } => self.touch(*user, device_id, *platform, *now_ms),
+            WriteOp::Ack {
+                user,
+                device_id,
+                seq,
+                now_ms,
+            } => self.ack(*user, device_id, *seq, *now_ms),
+            WriteOp::Collect {
+                user,
+                active_since_ms,
+                retain_since_ms,
+                limit,
+            } => self.collect(*user, *active_since_ms, *retain_since_ms, *limit),
+        }
+    }
+
+    /// Writes per stored 1:1 message: body, two queue entries, dedupe record,
+    /// plus each touched user's max seq and the floor once per batch.
+    fn send(&mut self, m: &NewMessage, dedupe_since_ms: u64) -> TxResult<WriteOutcome> {
+        // A resend's fresh id was also handed out, so it raises the floor too.
+        self.top_msg_id = self.top_msg_id.max(m.msg_id);
+        let dedupe_key = user_str_key(m.from, &m.client_msg_id);
+        if let Some(raw) = self.dedupe.get(&dedupe_key)? {
+            let first: DedupeValue = tx(decode("dedupe record", &raw))?;
+            if msg_id_time_ms(first.msg_id) >= dedupe_since_ms {
+                return Ok(WriteOutcome::Sent {
+                    msg_id: first.msg_id,
+                    sender_seq: first.sender_seq,
+                    recipient_seq: first.recipient_seq,
+                    duplicate: true,
+                });
+            }
+        }
+        let body_key = u64_key(m.msg_id);
+        // Overwriting a body would orphan the queue entries counted in its
+        // refcount: refuse a reused id (a broken id generator) outright.
+        if self.bodies.get(body_key)?.is_some() {
+            return Err(corrupt(format!(
+                "message id {} is already stored",
+                m.msg_id
+            )));
+        }
+        let sender_seq = self.push_entry(m.from, m.msg_id)?;
+        let (recipient_seq, refcount) = if m.to == m.from {
+            (sender_seq, 1)
+        } else {
+            (self.push_entry(m.to, m.msg_id)?, 2)
+        };
+        let body = BodyValue {
+            refcount,
+            from: m.from,
+            to: m.to,
+            from_device: m.from_device.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            content_type: m.content_type.clone(),
+            content: m.content.clone(),
+        };
+        self.bodies.insert(&body_key[..], body.encode_to_vec())?;
+        let first = DedupeValue {
+            msg_id: m.msg_id,
+            sender_seq,
+            recipient_seq,
+        };
+        self.dedupe.insert(dedupe_key, first.encode_to_vec())?;
+        Ok(WriteOutcome::Sent {
+            msg_id: m.msg_id,
+            sender_seq,
+            recipient_seq,
+            duplicate: false,
+        })
+    }
+
+    /// Appends `msg_id` to the user's queue at the next seq.
+    fn push_entry(&mut self, user: UserId, msg_id: MsgId) -> TxResult<Seq> {
+        let seq = self
+            .max_seq(user)?
+            .checked_add(1)
+            .ok_or_else(|| corrupt(format!("user {user}'s queue is out of seqs")))?;
+        self.max_seqs.insert(user, seq);
+        self.raised.insert(user);
+        self.queue
+            .insert(&user_seq_key(user, seq)[..], &u64_key(msg_id)[..])?;
+        self.new_seqs.entry(user).or_default().push(seq);
+        Ok(seq)
+    }
+
+    fn max_seq(&mut self, user: UserId) -> TxResult<Seq> {
+        if let Some(seq) = self.max_seqs.get(&user) {
+            return Ok(*seq);
+        }
+        let seq = match self.maxseq.get(u64_key(user))? {
+            Some(raw) => tx(decode_u64("max seq", &raw))?,
+            None => 0,
+        };
+        self.max_seqs.insert(user, seq);
+        Ok(seq)
+    }
+
+    fn device(&self, key: &[u8]) -> TxResult<Option<DeviceValue>> {
+        match self.devices.get(key)? {
+            Some(raw) => Ok(Some(tx(decode("device", &raw))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_device(&mut self, key: Vec<u8>, device: &DeviceValue) -> TxResult<()> {
+        self.devices.insert(&key[..], device.encode_to_vec())?;
+        self.new_devices.insert(key);
+        Ok(())
+    }
+
+    fn touch(
+        &mut self,
+        user: UserId,
+        device_id: &str,
+        platform: i32,
+        now_ms: u64,
+    ) -> TxResult<WriteOutcome> {
+        let key = user_str_key(user, device_id);
+        let mut device = self.device(&key)?.unwrap_or(DeviceValue {
+            platform,
+            created_at_ms: now_ms,
+            last_active_ms: now_ms,
+            acked_seq: 0,
+        });
+        device.platform = platform;
+        device.last_active_ms = now_ms;
+        self.put_device(key, &device)?;
+        Ok(WriteOutcome::Touched {
+            acked_seq: device.acked_seq,
+        })
+    }
+
+    fn ack(
+        &mut self,
+        user: UserId,
+        device_id: &str,
+        seq: Seq,
+        now_ms: u64,
+    ) -> TxResult<WriteOutcome> {
+        let max_seq = self.max_seq(user)?;
+        if seq > max_seq {
+            return Ok(WriteOutcome::AckBeyondMax { max_seq });
+        }
+        let key = user_str_key(user, device_id);
+        // A device acking before any Touch: its platform is unknown (0).
+        let mut device = self.device(&key)?.unwrap_or(DeviceValue {
+            platform: 0,
+            created_at_ms: now_ms,
+            last_active_ms: now_ms,
+            acked_seq: 0,
+        });
+        device.acked_seq = device.acked_seq.max(seq);
+        device.last_active_ms = now_ms;
+        self.put_device(key, &device)?;
+        Ok(WriteOutcome::Acked {
+            acked_seq: device.acked_seq,
+        })
+    }
+
+    /// The lowest cursor of the user's devices active since `active_since_ms`,
+    /// counting devices this batch created; `None` if no device is active.
+    fn min_active_cursor(&self, user: UserId, active_since_ms: u64) -> TxResult<Option<Seq>> {
+        let prefix = u64_key(user);
+        let mut keys: BTreeSet<&[u8]> = self.scan(user).devices.iter().map(Vec::as_slice).collect();
+        keys.extend(
+            self.new_devices
+                .iter()
+                .filter(|k| k.starts_with(&prefix))
+                .map(Vec::as_slice),
+        );
+        let mut min: Option<Seq> = None;
+        for key in keys {
+            let Some(device) = self.device(key)? else {
+                continue;
+            };
+            if device.last_active_ms >= active_since_ms {
+                min = Some(min.map_or(device.acked_seq, |m| m.min(device.acked_seq)));
+            }
+        }
+        Ok(min)
+    }
+
+    fn scan(&self, user: UserId) -> &CollectScan {
+        const EMPTY: &CollectScan = &CollectScan {
+            seqs: Vec::new(),
+            complete: true,
+            devices: Vec::new(),
+        };
+        // `scan_for_collect` scanned every user with a Collect op.
+        self.scans.get(&user).unwrap_or(EMPTY)
+    }
+
+    /// The user's queue in seq order as far as this batch can know it: the
+    /// scanned entries, then (if the scan saw the whole queue) the entries
+    /// this batch added, which all have higher seqs.
+    fn candidate_seqs(&self, user: UserId) -> Vec<Seq> {
+        let scan = self.scan(user);
+        let mut seqs = scan.seqs.clone();
+        if scan.complete {
+            seqs.extend(self.new_seqs.get(&user).into_iter().flatten());
+        }
+        seqs
+    }
+
+    fn collect(
+        &mut self,
+        user: UserId,
+        active_since_ms: u64,
+        retain_since_ms: u64,
+        limit: usize,
+    ) -> TxResult<WriteOutcome> {
+        let (mut entries, mut bodies, mut more) = (0u64, 0u64, false);
+        let Some(min_cursor) = self.min_active_cursor(user, active_since_ms)? else {
+            return Ok(WriteOutcome::Collected {
+                entries,
+                bodies,
+                more,
+            });
+        };
+        for seq in self.candidate_seqs(user) {
+            if seq > min_cursor {
+                break;
+            }
+            let key = user_seq_key(user, seq);
+            // Gone already: an earlier Collect of this batch took it.
+            let Some(raw) = self.queue.get(key)? else {
+                continue;
+            };
+            let msg_id = tx(decode_u64("queue entry", &raw))?;
+            // Ids grow with seq, so everything after this is recent too.
+            if msg_id_time_ms(msg_id) >= retain_since_ms {
+                break;
+            }
+            if entries as usize == limit {
+                more = true;
+                break;
+            }
+            self.queue.remove(&key[..])?;
+            entries += 1;
+            bodies += u64::from(self.release_body(msg_id)?);
+        }
+        Ok(WriteOutcome::Collected {
+            entries,
+            bodies,
+            more,
+        })
+    }
+
+    /// Drops one reference to a body; true if that was the last one.
+    fn release_body(&mut self, msg_id: MsgId) -> TxResult<bool> {
+        let key = u64_key(msg_id);
+        let Some(raw) = self.bodies.get(key)? else {
+            return Err(corrupt(format!(
+                "queue entry points at missing body {msg_id}"
+            )));
+        };
+        let mut body: BodyValue = tx(decode("message body", &raw))?;
+        if body.refcount <= 1 {
+            self.bodies.remove(&key[..])?;
+            return Ok(true);
+        }
+        body.refcount -= 1;
+        self.bodies.insert(&key[..], body.encode_to_vec())?;
+        Ok(false)
+    }
+
+    /// Writes what the batch kept in memory: each raised max seq once, and
+    /// the msg id floor if the batch went above it.
+    fn finish(&self) -> TxResult<()> {
+        for user in &self.raised {
+            let seq = self.max_seqs.get(user).copied().unwrap_or_default();
+            self.maxseq.insert(&u64_key(*user)[..], &u64_key(seq)[..])?;
+        }
+        if self.top_msg_id == 0 {
+            return Ok(());
+        }
+        let floor = match self.meta.get(META_MSGID_FLOOR)? {
+            Some(raw) => tx(decode_u64("msgid floor", &raw))?,
+            None => 0,
+        };
+        if self.top_msg_id > floor {
+            self.meta
+                .insert(META_MSGID_FLOOR, &u64_key(self.top_msg_id)[..])?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates a user with the next free id, in one transaction over the name
+/// index, the users and the id counter; `None` if the name is taken.
+pub(super) fn create_user(
+    trees: &Trees,
+    username: &str,
+    password_hash: &str,
+    now_ms: u64,
+) -> Result<Option<UserRecord>, StoreError> {
+    let trees = (&trees.meta, &trees.username_userid, &trees.userid_user);
+    finish_tx(trees.transaction(|(meta, names, users)| {
+        if names.get(username)?.is_some() {
+            return Ok(None);
+        }
+        let id = match meta.get(META_NEXT_USER_ID)? {
+            Some(raw) => tx(decode_u64("next user id", &raw))?,
+            None => 1,
+        };
+        let next = id
+            .checked_add(1)
+            .ok_or_else(|| corrupt("user ids exhausted".into()))?;
+        let user = UserRecord {
+            id,
+            username: username.to_owned(),
+            password_hash: password_hash.to_owned(),
+            created_at_ms: now_ms,
+            disabled: false,
+        };
+        meta.insert(META_NEXT_USER_ID, &u64_key(next)[..])?;
+        names.insert(username, &u64_key(id)[..])?;
+        users.insert(
+            &u64_key(id)[..],
+            UserValue::from_record(&user).encode_to_vec(),
+        )?;
+        Ok(Some(user))
+    }))
+}

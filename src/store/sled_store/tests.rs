@@ -1,0 +1,163 @@
+//! The store contract run against sled, plus what only sled has: files on
+//! disk, the schema version bytes, the durability modes.
+
+use std::path::Path;
+
+use tempfile::TempDir;
+
+use super::{SledStore, META_SCHEMA_VERSION, SCHEMA_VERSION};
+use crate::store::contract::{msg_id, send, store_contract_tests, StoreFixture};
+use crate::store::{Durability, Store, StoreError};
+
+/// A fresh sled store in a temporary directory, removed after the test.
+struct SledFixture {
+    dir: TempDir,
+    durability: Durability,
+}
+
+impl SledFixture {
+    fn new(durability: Durability) -> SledFixture {
+        SledFixture {
+            dir: TempDir::new().expect("temp dir"),
+            durability,
+        }
+    }
+}
+
+impl StoreFixture for SledFixture {
+    type Engine = SledStore;
+
+    fn open(&mut self) -> SledStore {
+        SledStore::open(&self.dir.path().join("data"), self.durability).expect("open store")
+    }
+}
+
+store_contract_tests!(SledFixture::new(Durability::Fsync));
+
+/// Puts a raw value into `meta` behind the store's back.
+fn write_meta(path: &Path, key: &[u8], value: &[u8]) {
+    let db = sled::open(path).expect("open sled");
+    db.open_tree("meta")
+        .expect("meta")
+        .insert(key, value)
+        .expect("insert");
+    db.flush().expect("flush");
+}
+
+#[test]
+fn unfinished_snapshot_is_removed_and_the_store_opens() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
+    store.sync().unwrap();
+    drop(store);
+    let leftover = path.join("snap.123.generating");
+    std::fs::write(&leftover, b"").unwrap();
+
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    assert!(!leftover.exists());
+    assert_eq!(store.max_seq(2).unwrap(), 1);
+}
+
+#[test]
+fn new_store_records_the_schema_version() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    drop(SledStore::open(&path, Durability::Buffered).unwrap());
+    let db = sled::open(&path).unwrap();
+    let raw = db
+        .open_tree("meta")
+        .unwrap()
+        .get(META_SCHEMA_VERSION)
+        .unwrap();
+    assert_eq!(raw.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
+}
+
+#[test]
+fn other_schema_version_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    drop(SledStore::open(&path, Durability::Fsync).unwrap());
+    write_meta(&path, META_SCHEMA_VERSION, &2u32.to_be_bytes());
+
+    match SledStore::open(&path, Durability::Fsync) {
+        Err(StoreError::SchemaVersion {
+            found: 2,
+            expected: SCHEMA_VERSION,
+        }) => {}
+        Err(other) => panic!("expected a schema version error, got {other}"),
+        Ok(_) => panic!("opened a store of schema version 2"),
+    }
+}
+
+#[test]
+fn unreadable_schema_version_is_corrupt() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    drop(SledStore::open(&path, Durability::Fsync).unwrap());
+    write_meta(&path, META_SCHEMA_VERSION, b"x");
+    assert!(matches!(
+        SledStore::open(&path, Durability::Fsync),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn undecodable_record_is_corrupt_not_a_panic() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
+    // A body whose length-delimited field runs past the end.
+    store
+        .trees
+        .msgid_body
+        .insert(super::u64_key(msg_id(1, 0)), &[0x22, 0x10, b'a'][..])
+        .unwrap();
+    assert!(matches!(store.pull(2, 0, 10), Err(StoreError::Corrupt(_))));
+    store
+        .trees
+        .userid_maxseq
+        .insert(super::u64_key(2), &[1u8][..])
+        .unwrap();
+    assert!(matches!(store.max_seq(2), Err(StoreError::Corrupt(_))));
+    assert!(matches!(
+        store.apply(&[send(3, 2, msg_id(2, 0))]),
+        Err(StoreError::Corrupt(_))
+    ));
+    // The failed batch wrote nothing.
+    assert!(store.pull(3, 0, 10).unwrap().messages.is_empty());
+}
+
+#[test]
+fn every_durability_mode_syncs_and_reopens() {
+    for durability in [Durability::Fsync, Durability::Flush, Durability::Buffered] {
+        let mut fixture = SledFixture::new(durability);
+        let store = fixture.open();
+        store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        assert_eq!(fixture.open().max_seq(2).unwrap(), 1, "{durability:?}");
+    }
+}
+
+#[test]
+fn large_body_goes_to_a_blob_and_survives_reopen() {
+    let mut fixture = SledFixture::new(Durability::Fsync);
+    let store = fixture.open();
+    let mut op = send(1, 2, msg_id(1, 0));
+    let big = bytes::Bytes::from(vec![7u8; 600 * 1024]);
+    if let crate::store::WriteOp::Send { message, .. } = &mut op {
+        message.content = big.clone();
+    }
+    store.apply(&[op]).unwrap();
+    store.sync().unwrap();
+    // sled keeps a value this large in a separate file, which `sync` must
+    // fsync itself.
+    let blobs = fixture.dir.path().join("data").join("blobs");
+    assert!(std::fs::read_dir(blobs).unwrap().next().is_some());
+    drop(store);
+    let page = fixture.open().pull(2, 0, 1).unwrap();
+    assert_eq!(page.messages[0].content, big);
+}
