@@ -294,7 +294,7 @@ pub trait Store: Send + Sync + 'static {
     fn sync(&self) -> Result<(), StoreError>;
 
     /// Create a user with the next free id. `Ok(None)` if the username is
-    /// taken. Durable when it returns.
+    /// taken. Durable (per the configured [`Durability`]) when it returns.
     fn create_user(
         &self,
         username: &str,
@@ -308,13 +308,15 @@ pub trait Store: Send + Sync + 'static {
     /// Look a user up by username.
     fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
 
-    /// Store (or replace) a token under its hash. Durable when it returns.
+    /// Store (or replace) a token under its hash. Durable (per the
+    /// configured [`Durability`]) when it returns.
     fn put_token(&self, token_hash: &[u8; 32], token: &TokenRecord) -> Result<(), StoreError>;
 
     /// Look a token up by its hash.
     fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
 
-    /// Delete a token. Durable when it returns. Deleting a missing token is fine.
+    /// Delete a token. Durable (per the configured [`Durability`]) when it
+    /// returns. Deleting a missing token is fine.
     fn delete_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
 
     /// The user's devices, ordered by device id.

@@ -26,6 +26,7 @@ mod tests;
 
 use std::ops::Bound;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use sled::Tree;
@@ -111,6 +112,8 @@ pub struct SledStore {
     trees: Trees,
     durability: Durability,
     files: SyncFiles,
+    /// Held for the store's life: one process per data directory.
+    _lock: std::fs::File,
 }
 
 impl SledStore {
@@ -128,13 +131,13 @@ impl SledStore {
         options: &SledOptions,
     ) -> Result<SledStore, StoreError> {
         let created = !path.exists();
+        let lock = files::lock_dir(path)?;
         files::remove_unfinished_snapshots(path)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_capacity_bytes)
-            .flush_every_ms(options.flush_every_ms)
-            .open()
-            .map_err(from_sled)?;
+            .flush_every_ms(options.flush_every_ms);
+        let db = open_db(&config)?;
         let trees = Trees::open(&db)?;
         let files = SyncFiles::open(path, created)?;
         let store = SledStore {
@@ -142,6 +145,7 @@ impl SledStore {
             trees,
             durability,
             files,
+            _lock: lock,
         };
         store.check_schema()?;
         Ok(store)
@@ -431,6 +435,32 @@ impl Store for SledStore {
             disk_bytes: self.db.size_on_disk().map_err(from_sled)?,
         })
     }
+}
+
+/// Opens sled, waiting a little for its file lock. A `Db` dropped in this
+/// process releases the lock only when sled's background threads let go of
+/// it, a moment later, so a quick reopen (a restart inside one process, the
+/// tests) would otherwise fail. Another process holding the store still
+/// fails, after [`LOCK_WAIT`].
+fn open_db(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if is_lock_conflict(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result.map_err(from_sled),
+        }
+    }
+}
+
+/// How long [`open_db`] waits for sled's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// sled 0.34 reports a held lock only as this message in an `Other` error.
+fn is_lock_conflict(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::Other
+        && error.to_string().contains("could not acquire lock")
 }
 
 /// Maps a sled error: I/O stays retryable, everything else means the data

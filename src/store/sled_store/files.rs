@@ -17,6 +17,33 @@ fn io_error(what: &str, path: &Path, error: io::Error) -> StoreError {
     StoreError::Io(format!("{what} {}: {error}", path.display()))
 }
 
+/// Name of the lock file that keeps a second pigeond out of a data directory.
+const LOCK_FILE: &str = "pigeond.lock";
+
+/// Takes the data directory's exclusive lock (creating the directory if
+/// needed), before anything in it is touched: the snapshot clean-up below
+/// must never run under a live pigeond. The lock lasts while the returned
+/// file is open and is released by the OS if the process dies.
+pub(super) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error("cannot open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Io(format!(
+            "{} is in use by another pigeond (lock {} is held)",
+            dir.display(),
+            path.display()
+        ))),
+        Err(fs::TryLockError::Error(e)) => Err(io_error("cannot lock", &path, e)),
+    }
+}
+
 /// Deletes every `snap.*.generating` file in `dir`: a snapshot that a crash
 /// during sled's start-up left unfinished, which makes every later open fail
 /// with `Corruption` (STORE-NOTES 3). The previous complete snapshot and the

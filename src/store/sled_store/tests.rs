@@ -161,3 +161,18 @@ fn large_body_goes_to_a_blob_and_survives_reopen() {
     let page = fixture.open().pull(2, 0, 1).unwrap();
     assert_eq!(page.messages[0].content, big);
 }
+
+#[test]
+fn second_open_of_a_live_store_fails_instead_of_sharing_it() {
+    let mut fixture = SledFixture::new(Durability::Fsync);
+    let _live = fixture.open();
+    let path = fixture.dir.path().join("data");
+    // A snapshot the live store might be writing must survive the attempt.
+    let in_progress = path.join("snap.99.generating");
+    std::fs::write(&in_progress, b"").unwrap();
+    match SledStore::open(&path, Durability::Fsync) {
+        Err(StoreError::Io(message)) => assert!(message.contains("in use"), "{message}"),
+        other => panic!("expected the lock to refuse, got {:?}", other.err()),
+    }
+    assert!(in_progress.exists());
+}
