@@ -383,7 +383,7 @@ pub mod duration_text {
     pub fn format(d: Duration) -> String {
         let ms = d.as_millis() as u64;
         for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-            if ms != 0 && ms % size == 0 {
+            if ms != 0 && ms.is_multiple_of(size) {
                 return format!("{}{unit}", ms / size);
             }
         }

@@ -110,10 +110,15 @@ async fn requests_before_login_get_not_authenticated_and_close() {
         Body::Pull(pb::PullRequest::default()),
         Body::Ack(pb::AckRequest { seq: 1 }),
         Body::Logout(pb::LogoutRequest {}),
+        Body::Notify(pb::Notify { max_seq: 1 }),
     ];
-    for body in requests {
+    let envelopes = requests
+        .into_iter()
+        .map(|body| Envelope::new(1, body))
+        .chain([Envelope { request_id: 1, body: None }]);
+    for envelope in envelopes {
         let mut raw = server.raw().await;
-        raw.send_envelope(Envelope::new(1, body)).await;
+        raw.send_envelope(envelope).await;
         let frames = raw.closed().await;
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].request_id, 1);
@@ -264,4 +269,32 @@ async fn a_client_that_never_reads_does_not_stall_others() {
         }
     }
     ok.still_served().await;
+}
+
+#[tokio::test]
+async fn a_pull_page_never_exceeds_the_frame_limit() {
+    let server = TestServer::start(|c| {
+        c.limits.max_frame_bytes = 16 * 1024;
+        c.limits.max_content_bytes = 10 * 1024;
+    })
+    .await;
+    let (mut alice, _) = server.user("alice", "a1").await;
+    let (mut bob, _) = server.user("bob", "b1").await;
+    for i in 0..5u8 {
+        let body = send_body("bob", &format!("big{i}"), vec![i; 10 * 1024]);
+        assert!(matches!(alice.request(body).await, Body::Sent(_)));
+    }
+    // Asking for all five at once: each page holds what fits in one frame.
+    let mut after = 0;
+    let mut got = Vec::new();
+    loop {
+        let page = bob.pull(after, 100).await;
+        assert!(!page.messages.is_empty());
+        got.extend(page.messages.iter().map(|m| m.content[0]));
+        after = page.messages.last().unwrap().seq;
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(got, [0, 1, 2, 3, 4]);
 }

@@ -159,6 +159,8 @@ async fn write_loop(
                 None => break,
             },
         };
+        // Any fatal error ends the connection, whichever path produced it.
+        let close = close || matches!(&envelope.body, Some(Body::Error(e)) if e.fatal);
         let flush = close || queue.is_empty();
         if write(&mut sink, envelope, flush, write_timeout).await.is_err() || close {
             break;

@@ -12,7 +12,11 @@ use super::connection::Outbound;
 use super::Gateway;
 use crate::clock::now_ms;
 use crate::error::ServiceError;
-use crate::service::{Authenticated, Caller, Credential, Delivered, Outgoing, Recipient};
+use prost::Message as _;
+
+use crate::service::{
+    Authenticated, Caller, Credential, Delivered, Outgoing, PulledPage, Recipient,
+};
 use crate::session::{Registration, SessionSignal};
 
 /// What the read loop does after a frame.
@@ -73,6 +77,10 @@ impl Session {
     /// Handle one request frame.
     pub async fn dispatch(&mut self, envelope: Envelope) -> Flow {
         let id = envelope.request_id;
+        let pre_login = matches!(envelope.body, Some(Body::Register(_) | Body::Login(_)));
+        if self.login.is_none() && !pre_login {
+            return self.refuse(id, ErrorCode::NotAuthenticated, "log in first").await;
+        }
         let Some(body) = envelope.body else {
             return self.refuse(id, ErrorCode::UnknownRequest, "envelope has no body this server knows").await;
         };
@@ -85,10 +93,6 @@ impl Session {
             (false, Body::Login(l)) => self.login(id, l).await,
             (true, Body::Register(_) | Body::Login(_)) => {
                 self.refuse(id, ErrorCode::AlreadyAuthenticated, "this connection is already logged in").await
-            }
-            (false, Body::Ping(_) | Body::Send(_) | Body::Pull(_) | Body::Ack(_) | Body::Logout(_)) => {
-                let error = pb::Error::new(ErrorCode::NotAuthenticated, "log in first");
-                self.answer(id, Err(error), true).await
             }
             (true, Body::Ping(p)) => {
                 let pong = pb::Pong {
@@ -254,17 +258,10 @@ impl Session {
     async fn pull(&mut self, id: u64, request: pb::PullRequest) -> Flow {
         let messaging = self.gateway.messaging.clone();
         let caller = self.caller().clone();
+        let budget = self.gateway.limits.max_frame_bytes as usize - PULL_FRAME_RESERVE;
         let answer = async move {
             let result = messaging.pull(&caller, request.after_seq, request.limit).await;
-            let body = result.map(|page| {
-                Body::Pulled(pb::PullResponse {
-                    messages: page.messages.into_iter().map(to_wire_message).collect(),
-                    max_seq: page.max_seq,
-                    has_more: page.has_more,
-                    acked_seq: page.acked_seq,
-                })
-            });
-            envelope(id, body)
+            envelope(id, result.map(|page| pulled(page, budget)))
         };
         self.queue(Outbound::Pending(Box::pin(answer))).await
     }
@@ -336,6 +333,36 @@ fn log_refusal(error: &ServiceError) -> pb::Error {
         other => tracing::debug!(error = %other, "request refused"),
     }
     error.to_wire()
+}
+
+/// Bytes of a PullResponse frame kept for everything but the messages
+/// (max_seq, has_more, acked_seq, the envelope's id and tags).
+const PULL_FRAME_RESERVE: usize = 64;
+
+/// The wire page, cut short (with `has_more`) where the next message would
+/// push the frame past `budget` bytes. One message always fits: config
+/// validation keeps max_content_bytes 1 KiB below max_frame_bytes.
+fn pulled(page: PulledPage, budget: usize) -> Body {
+    let total = page.messages.len();
+    let mut messages = Vec::with_capacity(total);
+    let mut used = 0;
+    for delivered in page.messages {
+        let message = to_wire_message(delivered);
+        let len = message.encoded_len();
+        // Field tag plus the length's varint, then the message itself.
+        let cost = 1 + prost::length_delimiter_len(len) + len;
+        if used + cost > budget && !messages.is_empty() {
+            break;
+        }
+        used += cost;
+        messages.push(message);
+    }
+    Body::Pulled(pb::PullResponse {
+        has_more: page.has_more || messages.len() < total,
+        messages,
+        max_seq: page.max_seq,
+        acked_seq: page.acked_seq,
+    })
 }
 
 fn to_wire_message(d: Delivered) -> pb::Message {

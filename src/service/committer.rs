@@ -26,6 +26,9 @@ const QUEUE_DEPTH: usize = 8192;
 /// Result of one submitted op.
 pub type OpResult = Result<WriteOutcome, StoreError>;
 
+/// Result of one dedupe expiry step: records removed, where to resume.
+pub type ExpireResult = Result<(u64, Option<Vec<u8>>), StoreError>;
+
 enum Job {
     Write {
         op: WriteOp,
@@ -35,7 +38,7 @@ enum Job {
         older_than_ms: u64,
         resume: Option<Vec<u8>>,
         limit: usize,
-        reply: oneshot::Sender<Result<(u64, Option<Vec<u8>>), StoreError>>,
+        reply: oneshot::Sender<ExpireResult>,
     },
 }
 
@@ -122,7 +125,7 @@ impl Committer {
         older_than_ms: u64,
         resume: Option<Vec<u8>>,
         limit: usize,
-    ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+    ) -> ExpireResult {
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job::ExpireDedupe {

@@ -40,9 +40,11 @@ pub fn ca_path() -> PathBuf {
 
 /// A config for tests: ephemeral port, the given data dir, quick hashing.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = data_dir.to_owned();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
     config.accounts.max_concurrent_hashes = 8;
     config
 }
