@@ -1,1 +1,68 @@
-fn main() {}
+//! `pigeon`: the command-line client for the pigeon messaging server, built
+//! on pigeon-sdk. Parses arguments, runs one command, and turns failures
+//! into a message and a documented exit code (see `pigeon --help`).
+
+mod args;
+mod commands;
+mod failure;
+mod output;
+mod password;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::commands::Ctx;
+use crate::failure::{Exit, Failure};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.global.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("pigeon: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Generic as u8);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if json {
+                eprintln!("{}", failure.to_json());
+            } else {
+                eprintln!("pigeon: {failure}");
+            }
+            ExitCode::from(failure.exit as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let Some(profile_dir) = cli.global.profile_dir() else {
+        return Err(Failure::new(
+            Exit::Usage,
+            "no home directory to keep the profile in: pass --profile DIR",
+        ));
+    };
+    let ctx = Ctx {
+        global: cli.global,
+        profile_dir,
+    };
+    match &cli.command {
+        Command::Register { name } => commands::register(&ctx, name).await,
+        Command::Login { name } => commands::login(&ctx, name).await,
+        Command::Send {
+            user,
+            text,
+            content_type,
+        } => commands::send(&ctx, user, text, content_type.as_deref()).await,
+        Command::Pull { limit } => commands::pull(&ctx, *limit).await,
+        Command::Listen => commands::listen(&ctx).await,
+        Command::Logout => commands::logout(&ctx).await,
+    }
+}

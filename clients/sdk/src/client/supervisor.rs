@@ -1,0 +1,384 @@
+//! The supervisor task behind a `Client`: connect, log in, sync, wait for
+//! pushes, and on failure back off and start over. It alone writes the
+//! profile while the client runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pigeon_protocol::{pb, ErrorCode, KickReason};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{ClientConfig, ClientEvent, ClientShared};
+use crate::backoff::Backoff;
+use crate::connection::{Connection, Credential, LoginParams, ServerEvent};
+use crate::error::{SdkError, TlsFailure};
+use crate::profile::Profile;
+use crate::sync::{resume_cursor, sync_to_end, SyncSink};
+
+/// How one connection's life ended.
+enum SessionEnd {
+    /// Do not reconnect. The event, if any, is the last one to report.
+    Stop(Option<ClientEvent>),
+    /// Reconnect after a backoff of at least `at_least`.
+    Retry {
+        reason: String,
+        error: Option<SdkError>,
+        at_least: Duration,
+    },
+}
+
+pub(super) struct Supervisor {
+    config: ClientConfig,
+    shared: Arc<ClientShared>,
+    events: mpsc::Sender<ClientEvent>,
+    backoff: Backoff,
+    rng: StdRng,
+    /// When the current connection finished logging in.
+    logged_in_at: Option<Instant>,
+}
+
+impl Supervisor {
+    pub(super) fn new(
+        config: ClientConfig,
+        shared: Arc<ClientShared>,
+        events: mpsc::Sender<ClientEvent>,
+    ) -> Supervisor {
+        Supervisor {
+            backoff: config.backoff.clone(),
+            config,
+            shared,
+            events,
+            rng: StdRng::from_os_rng(),
+            logged_in_at: None,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            self.logged_in_at = None;
+            let end = self.session().await;
+            self.set_connection(None);
+            let (reason, error, at_least) = match end {
+                SessionEnd::Stop(last) => {
+                    if let Some(event) = last {
+                        self.emit(event).await;
+                    }
+                    return;
+                }
+                SessionEnd::Retry {
+                    reason,
+                    error,
+                    at_least,
+                } => (reason, error, at_least),
+            };
+            if self.shared.stop.is_cancelled() {
+                return;
+            }
+            if !self.config.reconnect {
+                self.emit(ClientEvent::Disconnected {
+                    reason,
+                    error,
+                    retry_in: None,
+                })
+                .await;
+                return;
+            }
+            let stable = self
+                .logged_in_at
+                .is_some_and(|at| at.elapsed() >= self.config.stable_after);
+            if stable {
+                self.backoff.reset();
+            }
+            let delay = self.backoff.next_delay(&mut self.rng).max(at_least);
+            tracing::info!(%reason, retry_in = ?delay, "disconnected");
+            self.emit(ClientEvent::Disconnected {
+                reason,
+                error,
+                retry_in: Some(delay),
+            })
+            .await;
+            tokio::select! {
+                _ = self.shared.stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One connection from dial to its end.
+    async fn session(&mut self) -> SessionEnd {
+        let stop = self.shared.stop.clone();
+        let connect = Connection::connect(&self.config.connect);
+        let conn = tokio::select! {
+            _ = stop.cancelled() => return SessionEnd::Stop(None),
+            conn = connect => conn,
+        };
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => return self.failure(e),
+        };
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return SessionEnd::Stop(None),
+            answer = self.login(&conn) => answer,
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(end) => return end,
+        };
+        self.logged_in_at = Some(Instant::now());
+        let cursor = {
+            let mut profile = self.lock_profile();
+            profile.record_login(&self.config.connect.addr, &self.config.username, &answer);
+            profile.cursor = resume_cursor(profile.cursor, &answer);
+            profile.cursor
+        };
+        if let Err(e) = self.save_profile().await {
+            return self.failure(e);
+        }
+        self.set_connection(Some(conn.clone()));
+        let device_id = self.lock_profile().device_id.clone();
+        tracing::info!(
+            user_id = answer.user_id,
+            max_seq = answer.max_seq,
+            cursor,
+            "logged in"
+        );
+        self.emit(ClientEvent::Connected {
+            user_id: answer.user_id,
+            device_id,
+            max_seq: answer.max_seq,
+            cursor,
+        })
+        .await;
+        let end = tokio::select! {
+            _ = stop.cancelled() => SessionEnd::Stop(None),
+            end = self.serve(&conn) => end,
+        };
+        conn.close().await;
+        end
+    }
+
+    /// Sync now, then on every Notify that is ahead of the cursor, until
+    /// the connection ends.
+    /// Always syncs once at login: cheap, and it reports CaughtUp.
+    async fn serve(&mut self, conn: &Connection) -> SessionEnd {
+        let mut behind = true;
+        let mut last_error: Option<String> = None;
+        loop {
+            if behind {
+                if let Err(e) = self.sync(conn).await {
+                    return self.failure(e);
+                }
+                behind = false;
+            }
+            let Some(event) = conn.next_event().await else {
+                let reason = last_error
+                    .or_else(|| conn.close_reason())
+                    .unwrap_or_else(|| "connection closed".into());
+                return SessionEnd::Retry {
+                    reason,
+                    error: None,
+                    at_least: Duration::ZERO,
+                };
+            };
+            match event {
+                ServerEvent::Notify(notify) => behind = notify.max_seq > self.cursor(),
+                ServerEvent::Kick(kick) => return self.kicked(kick).await,
+                ServerEvent::Error(error) => {
+                    let error = SdkError::from_wire(error);
+                    tracing::info!(%error, "server error push");
+                    last_error = Some(error.to_string());
+                }
+                ServerEvent::Unsolicited(envelope) => {
+                    tracing::debug!(request_id = envelope.request_id, "unsolicited frame");
+                }
+            }
+        }
+    }
+
+    async fn kicked(&mut self, kick: pb::Kick) -> SessionEnd {
+        let reason = kick.reason();
+        let final_kick = matches!(
+            reason,
+            KickReason::SameDevice | KickReason::SamePlatformClass | KickReason::Revoked
+        );
+        let reconnecting = self.config.reconnect && !final_kick;
+        tracing::info!(reason = reason.as_str_name(), reconnecting, "kicked");
+        let event = ClientEvent::Kicked {
+            reason,
+            message: kick.message,
+            reconnecting,
+        };
+        if final_kick {
+            return SessionEnd::Stop(Some(event));
+        }
+        self.emit(event).await;
+        SessionEnd::Retry {
+            reason: format!(
+                "kicked: {}",
+                reason.as_str_name().trim_start_matches("KICK_REASON_")
+            ),
+            error: None,
+            at_least: Duration::ZERO,
+        }
+    }
+
+    /// Log in with the stored token, falling back to the password when the
+    /// token is refused (the same connection stays usable after AUTH_FAILED).
+    async fn login(&mut self, conn: &Connection) -> Result<pb::LoginResponse, SessionEnd> {
+        let (token, device_id) = {
+            let profile = self.lock_profile();
+            (self.usable_token(&profile), profile.device_id.clone())
+        };
+        let mut credential = match (token, &self.config.password) {
+            (Some(token), _) => Credential::Token(token),
+            (None, Some(password)) => Credential::Password(password.clone()),
+            (None, None) => return Err(self.failure(SdkError::NotLoggedIn)),
+        };
+        loop {
+            let with_token = matches!(credential, Credential::Token(_));
+            let params = LoginParams {
+                username: self.config.username.clone(),
+                device_id: device_id.clone(),
+                platform: self.config.platform,
+                credential,
+            };
+            let error = match conn.login(params).await {
+                Ok(answer) => return Ok(answer),
+                Err(error) => error,
+            };
+            if !(with_token && error.is_auth_failed()) {
+                return Err(self.failure(error));
+            }
+            tracing::info!("stored token refused; forgetting it");
+            self.lock_profile().clear_token();
+            if let Err(e) = self.save_profile().await {
+                return Err(self.failure(e));
+            }
+            let Some(password) = self.config.password.clone() else {
+                return Err(SessionEnd::Stop(Some(ClientEvent::Stopped { error })));
+            };
+            credential = Credential::Password(password);
+        }
+    }
+
+    /// The profile's token, if it belongs to this server and user.
+    fn usable_token(&self, profile: &Profile) -> Option<String> {
+        let same_server = profile.server.as_deref() == Some(self.config.connect.addr.as_str());
+        let same_user = self.config.username.is_empty()
+            || profile.username.as_deref() == Some(self.config.username.as_str());
+        profile.token.clone().filter(|_| same_server && same_user)
+    }
+
+    async fn sync(&mut self, conn: &Connection) -> Result<(), SdkError> {
+        let cursor = self.cursor();
+        let mut sink = EventSink {
+            events: self.events.clone(),
+            stop: self.shared.stop.clone(),
+            shared: self.shared.clone(),
+        };
+        let report = sync_to_end(conn, cursor, self.config.pull_limit, &mut sink).await?;
+        tracing::debug!(?report, "synced");
+        self.emit(ClientEvent::CaughtUp {
+            cursor: report.cursor,
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Map an error to how the session ends: transient trouble retries,
+    /// anything that would fail the same way again stops the client.
+    fn failure(&self, error: SdkError) -> SessionEnd {
+        let retry = self.config.reconnect
+            && match &error {
+                SdkError::Tls { kind, .. } => *kind == TlsFailure::Handshake,
+                SdkError::Protocol(_) => true,
+                other => other.is_transient(),
+            };
+        if !retry {
+            return SessionEnd::Stop(Some(ClientEvent::Stopped { error }));
+        }
+        let at_least = match &error {
+            SdkError::Server {
+                retry_after_ms,
+                code: ErrorCode::RateLimited | ErrorCode::Unavailable,
+                ..
+            } => Duration::from_millis((*retry_after_ms).into()),
+            _ => Duration::ZERO,
+        };
+        SessionEnd::Retry {
+            reason: error.to_string(),
+            error: Some(error),
+            at_least,
+        }
+    }
+
+    fn cursor(&self) -> u64 {
+        self.lock_profile().cursor
+    }
+
+    fn lock_profile(&self) -> std::sync::MutexGuard<'_, Profile> {
+        self.shared.profile.lock().expect("profile lock poisoned")
+    }
+
+    async fn save_profile(&self) -> Result<(), SdkError> {
+        save_profile(&self.shared).await
+    }
+
+    fn set_connection(&self, conn: Option<Connection>) {
+        *self.shared.conn.lock().expect("connection lock poisoned") = conn;
+    }
+
+    /// Hand an event to the application, unless it stopped listening.
+    async fn emit(&self, event: ClientEvent) {
+        tokio::select! {
+            _ = self.shared.stop.cancelled() => {}
+            // An error means the application dropped its receiver; the
+            // drop guard stops this task right after.
+            _ = self.events.send(event) => {}
+        }
+    }
+}
+
+/// Write the shared profile from a blocking thread (it fsyncs).
+async fn save_profile(shared: &ClientShared) -> Result<(), SdkError> {
+    let snapshot = shared
+        .profile
+        .lock()
+        .expect("profile lock poisoned")
+        .clone();
+    let dir = snapshot.dir().map(|d| d.to_path_buf()).unwrap_or_default();
+    tokio::task::spawn_blocking(move || snapshot.save())
+        .await
+        .map_err(|e| SdkError::profile(dir, format!("saving failed: {e}")))?
+}
+
+/// Delivers synced messages as events and commits the cursor to the profile.
+struct EventSink {
+    events: mpsc::Sender<ClientEvent>,
+    stop: CancellationToken,
+    shared: Arc<ClientShared>,
+}
+
+impl SyncSink for EventSink {
+    async fn deliver(&mut self, message: pb::Message) -> Result<(), SdkError> {
+        tokio::select! {
+            _ = self.stop.cancelled() => Err(SdkError::closed("client stopped")),
+            sent = self.events.send(ClientEvent::Message(message)) => {
+                sent.map_err(|_| SdkError::closed("the application stopped listening"))
+            }
+        }
+    }
+
+    async fn commit(&mut self, cursor: u64) -> Result<(), SdkError> {
+        self.shared
+            .profile
+            .lock()
+            .expect("profile lock poisoned")
+            .cursor = cursor;
+        save_profile(&self.shared).await
+    }
+}

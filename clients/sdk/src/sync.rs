@@ -1,0 +1,129 @@
+//! The sync engine: pull pages above the cursor until `has_more` is false,
+//! drop duplicates (seq at or below the cursor), hand new messages to a
+//! [`SyncSink`] in seq order, persist the cursor after each page (before
+//! the next pull tells the server), and ack after the last page.
+//!
+//! Delivery is at-least-once up to the sink: the cursor is committed only
+//! after the sink accepted every message of the page, and the server hears
+//! about the cursor only after the commit. Owns no connection and no timers.
+
+use std::future::Future;
+
+use pigeon_protocol::pb;
+
+use crate::connection::Connection;
+use crate::error::SdkError;
+
+/// Entries asked for per pull when the caller has no preference.
+pub const DEFAULT_PULL_LIMIT: u32 = 100;
+
+/// Where synced messages and the cursor go.
+pub trait SyncSink {
+    /// Hand one new message to the application. Called in increasing seq
+    /// order and never twice for the same seq within one sync.
+    fn deliver(
+        &mut self,
+        message: pb::Message,
+    ) -> impl Future<Output = Result<(), SdkError>> + Send;
+
+    /// Persist `cursor` (the highest seq delivered). Called once per page
+    /// that delivered something, before the server is told.
+    fn commit(&mut self, cursor: u64) -> impl Future<Output = Result<(), SdkError>> + Send;
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The cursor after the sync (committed and acked).
+    pub cursor: u64,
+    /// How many new messages were delivered.
+    pub delivered: usize,
+    /// Duplicates (seq at or below the cursor) that were dropped.
+    pub duplicates: usize,
+    /// The top of the queue as of the last page.
+    pub max_seq: u64,
+}
+
+/// The cursor to resume from after a login: the local one, unless it is
+/// above the server's queue (the server's data was reset), in which case
+/// the server's cursor for this device.
+pub fn resume_cursor(local: u64, answer: &pb::LoginResponse) -> u64 {
+    if local > answer.max_seq {
+        answer.acked_seq.min(answer.max_seq)
+    } else {
+        local
+    }
+}
+
+/// Pull everything above `cursor`, deliver it, commit and ack. `limit` is
+/// the page size (0: the server's default).
+pub async fn sync_to_end<S: SyncSink + Send>(
+    conn: &Connection,
+    mut cursor: u64,
+    limit: u32,
+    sink: &mut S,
+) -> Result<SyncReport, SdkError> {
+    let mut report = SyncReport {
+        cursor,
+        delivered: 0,
+        duplicates: 0,
+        max_seq: 0,
+    };
+    let server_acked = loop {
+        let page = conn.pull(cursor, limit).await?;
+        report.max_seq = page.max_seq;
+        let before = cursor;
+        for message in page.messages {
+            if message.seq <= cursor {
+                report.duplicates += 1;
+                continue;
+            }
+            let seq = message.seq;
+            sink.deliver(message).await?;
+            cursor = seq;
+            report.delivered += 1;
+        }
+        if cursor > before {
+            sink.commit(cursor).await?;
+        }
+        if !page.has_more {
+            break page.acked_seq;
+        }
+        if cursor == before {
+            return Err(SdkError::Protocol(format!(
+                "pull above seq {cursor} said has_more but returned nothing new"
+            )));
+        }
+    };
+    if cursor > server_acked {
+        conn.ack(cursor).await?;
+    }
+    report.cursor = cursor;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(max_seq: u64, acked_seq: u64) -> pb::LoginResponse {
+        pb::LoginResponse {
+            max_seq,
+            acked_seq,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn local_cursor_wins_while_it_is_within_the_queue() {
+        assert_eq!(resume_cursor(5, &answer(10, 2)), 5);
+        assert_eq!(resume_cursor(10, &answer(10, 10)), 10);
+        assert_eq!(resume_cursor(0, &answer(10, 4)), 0);
+    }
+
+    #[test]
+    fn cursor_above_the_queue_falls_back_to_the_servers() {
+        assert_eq!(resume_cursor(50, &answer(10, 3)), 3);
+        assert_eq!(resume_cursor(50, &answer(0, 0)), 0);
+    }
+}
