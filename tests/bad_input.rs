@@ -19,14 +19,20 @@ impl Bystanders {
     async fn new(server: &TestServer) -> Bystanders {
         let (alice, _) = server.user("alice", "a1").await;
         let (bob, _) = server.user("bob", "b1").await;
-        Bystanders { alice, bob, sent: 0 }
+        Bystanders {
+            alice,
+            bob,
+            sent: 0,
+        }
     }
 
     /// Alice sends one more message and Bob pulls every one so far, in order.
     async fn still_served(&mut self) {
         self.sent += 1;
         let text = format!("still here {}", self.sent);
-        self.alice.send_ok("bob", &format!("m{}", self.sent), &text).await;
+        self.alice
+            .send_ok("bob", &format!("m{}", self.sent), &text)
+            .await;
         let page = self.bob.pull(0, 100).await;
         let expected: Vec<String> = (1..=self.sent).map(|i| format!("still here {i}")).collect();
         assert_eq!(texts(&page), expected);
@@ -34,7 +40,9 @@ impl Bystanders {
 }
 
 fn fatal_error(frames: &[Envelope], code: ErrorCode) -> pb::Error {
-    let last = frames.last().unwrap_or_else(|| panic!("no frame before close, expected {code:?}"));
+    let last = frames
+        .last()
+        .unwrap_or_else(|| panic!("no frame before close, expected {code:?}"));
     let error = expect_error(last.body.as_ref().unwrap(), code);
     assert!(error.fatal, "{code:?} must be marked fatal");
     error
@@ -46,7 +54,8 @@ async fn garbage_bytes_get_invalid_argument_and_close() {
     let mut ok = Bystanders::new(&server).await;
     let mut raw = server.raw().await;
     // A valid length prefix around bytes that are not a protobuf Envelope.
-    raw.write_raw(&[0, 0, 0, 6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).await;
+    raw.write_raw(&[0, 0, 0, 6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
+        .await;
     fatal_error(&raw.closed().await, ErrorCode::InvalidArgument);
     ok.still_served().await;
 }
@@ -89,15 +98,21 @@ async fn unknown_or_empty_body_gets_unknown_request_and_stays_open() {
     let server = TestServer::start(|_| {}).await;
     let (mut client, _) = server.user("alice", "a1").await;
     // Field 99 is not a body this server knows: prost skips it, the body is empty.
-    client.write_raw(&[0, 0, 0, 5, 0x08, 0x07, 0x9A, 0x06, 0x00]).await;
+    client
+        .write_raw(&[0, 0, 0, 5, 0x08, 0x07, 0x9A, 0x06, 0x00])
+        .await;
     let answer = client.next().await.unwrap();
     assert_eq!(answer.request_id, 7);
     expect_error(answer.body.as_ref().unwrap(), ErrorCode::UnknownRequest);
     // A server-only body sent by a client.
-    let body = client.request(Body::Notify(pb::Notify { max_seq: 1 })).await;
+    let body = client
+        .request(Body::Notify(pb::Notify { max_seq: 1 }))
+        .await;
     expect_error(&body, ErrorCode::UnknownRequest);
     // Still open and logged in.
-    assert!(matches!(client.request(Body::Ping(pb::Ping { client_time_ms: 5 })).await, Body::Pong(p) if p.client_time_ms == 5));
+    assert!(
+        matches!(client.request(Body::Ping(pb::Ping { client_time_ms: 5 })).await, Body::Pong(p) if p.client_time_ms == 5)
+    );
 }
 
 #[tokio::test]
@@ -115,7 +130,10 @@ async fn requests_before_login_get_not_authenticated_and_close() {
     let envelopes = requests
         .into_iter()
         .map(|body| Envelope::new(1, body))
-        .chain([Envelope { request_id: 1, body: None }]);
+        .chain([Envelope {
+            request_id: 1,
+            body: None,
+        }]);
     for envelope in envelopes {
         let mut raw = server.raw().await;
         raw.send_envelope(envelope).await;
@@ -143,7 +161,11 @@ async fn send_to_unknown_user_is_refused_and_stores_nothing() {
         ..Default::default()
     });
     expect_error(&alice.request(by_id).await, ErrorCode::UnknownUser);
-    assert_eq!(alice.pull(0, 10).await.max_seq, 0, "the sender's queue is untouched");
+    assert_eq!(
+        alice.pull(0, 10).await.max_seq,
+        0,
+        "the sender's queue is untouched"
+    );
 }
 
 #[tokio::test]
@@ -187,9 +209,24 @@ async fn wrong_password_and_unknown_user_get_the_same_auth_failed() {
     let server = TestServer::start(|_| {}).await;
     let mut ok = Bystanders::new(&server).await;
     let mut raw = server.raw().await;
-    let wrong = login_body("alice", "x1", Platform::Web, Credential::Password("not the password".into()));
-    let unknown = login_body("mallory", "x1", Platform::Web, Credential::Password(PASSWORD.into()));
-    let bad_token = login_body("alice", "x1", Platform::Web, Credential::Token("00ff".into()));
+    let wrong = login_body(
+        "alice",
+        "x1",
+        Platform::Web,
+        Credential::Password("not the password".into()),
+    );
+    let unknown = login_body(
+        "mallory",
+        "x1",
+        Platform::Web,
+        Credential::Password(PASSWORD.into()),
+    );
+    let bad_token = login_body(
+        "alice",
+        "x1",
+        Platform::Web,
+        Credential::Token("00ff".into()),
+    );
     let mut messages = Vec::new();
     for body in [wrong, unknown, bad_token] {
         let error = expect_error(&raw.request(body).await, ErrorCode::AuthFailed);
@@ -207,9 +244,22 @@ async fn bad_login_fields_and_versions_are_typed() {
     let server = TestServer::start(|_| {}).await;
     server.user("alice", "a1").await;
     let mut raw = server.raw().await;
-    let mut no_platform = login_body("alice", "d", Platform::Unspecified, Credential::Password(PASSWORD.into()));
-    expect_error(&raw.request(no_platform.clone()).await, ErrorCode::InvalidArgument);
-    let bad_device = login_body("alice", "has space", Platform::Web, Credential::Password(PASSWORD.into()));
+    let mut no_platform = login_body(
+        "alice",
+        "d",
+        Platform::Unspecified,
+        Credential::Password(PASSWORD.into()),
+    );
+    expect_error(
+        &raw.request(no_platform.clone()).await,
+        ErrorCode::InvalidArgument,
+    );
+    let bad_device = login_body(
+        "alice",
+        "has space",
+        Platform::Web,
+        Credential::Password(PASSWORD.into()),
+    );
     expect_error(&raw.request(bad_device).await, ErrorCode::InvalidArgument);
     if let Body::Login(l) = &mut no_platform {
         l.platform = Platform::Web as i32;
@@ -224,9 +274,17 @@ async fn bad_login_fields_and_versions_are_typed() {
 async fn second_login_on_a_connection_is_refused() {
     let server = TestServer::start(|_| {}).await;
     let (mut alice, _) = server.user("alice", "a1").await;
-    let again = login_body("alice", "a1", Platform::Ios, Credential::Password(PASSWORD.into()));
+    let again = login_body(
+        "alice",
+        "a1",
+        Platform::Ios,
+        Credential::Password(PASSWORD.into()),
+    );
     expect_error(&alice.request(again).await, ErrorCode::AlreadyAuthenticated);
-    expect_error(&alice.request(register_body("alice2", PASSWORD)).await, ErrorCode::AlreadyAuthenticated);
+    expect_error(
+        &alice.request(register_body("alice2", PASSWORD)).await,
+        ErrorCode::AlreadyAuthenticated,
+    );
 }
 
 #[tokio::test]
@@ -236,7 +294,14 @@ async fn ack_and_pull_beyond_max_seq_are_refused_without_moving_the_cursor() {
     let (mut bob, _) = server.user("bob", "b1").await;
     alice.send_ok("bob", "1", "one").await;
     expect_error(&bob.ack(2).await, ErrorCode::AckBeyondMaxSeq);
-    expect_error(&bob.request(Body::Pull(pb::PullRequest { after_seq: 5, limit: 1 })).await, ErrorCode::AckBeyondMaxSeq);
+    expect_error(
+        &bob.request(Body::Pull(pb::PullRequest {
+            after_seq: 5,
+            limit: 1,
+        }))
+        .await,
+        ErrorCode::AckBeyondMaxSeq,
+    );
     let page = bob.pull(0, 10).await;
     assert_eq!(texts(&page), ["one"]);
     assert_eq!(page.acked_seq, 0);
@@ -247,13 +312,25 @@ async fn registration_rules_are_enforced() {
     let server = TestServer::start(|_| {}).await;
     let mut raw = server.raw().await;
     raw.register("alice").await;
-    expect_error(&raw.request(register_body("alice", PASSWORD)).await, ErrorCode::UsernameTaken);
-    expect_error(&raw.request(register_body("Bad Name", PASSWORD)).await, ErrorCode::InvalidArgument);
-    expect_error(&raw.request(register_body("carol", "short")).await, ErrorCode::InvalidArgument);
+    expect_error(
+        &raw.request(register_body("alice", PASSWORD)).await,
+        ErrorCode::UsernameTaken,
+    );
+    expect_error(
+        &raw.request(register_body("Bad Name", PASSWORD)).await,
+        ErrorCode::InvalidArgument,
+    );
+    expect_error(
+        &raw.request(register_body("carol", "short")).await,
+        ErrorCode::InvalidArgument,
+    );
 
     let closed = TestServer::start(|c| c.accounts.registration_enabled = false).await;
     let mut raw = closed.raw().await;
-    expect_error(&raw.request(register_body("dave", PASSWORD)).await, ErrorCode::RegistrationDisabled);
+    expect_error(
+        &raw.request(register_body("dave", PASSWORD)).await,
+        ErrorCode::RegistrationDisabled,
+    );
 }
 
 #[tokio::test]
@@ -263,7 +340,8 @@ async fn a_client_that_never_reads_does_not_stall_others() {
     let (mut hog, _) = server.user("hog", "h1").await;
     // Pipeline many pings without reading a single answer.
     for i in 1..=2000u64 {
-        hog.send_envelope(Envelope::new(i, Body::Ping(pb::Ping { client_time_ms: i }))).await;
+        hog.send_envelope(Envelope::new(i, Body::Ping(pb::Ping { client_time_ms: i })))
+            .await;
         if i % 500 == 0 {
             ok.still_served().await;
         }

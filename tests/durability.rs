@@ -19,7 +19,9 @@ async fn messages_answered_before_a_graceful_stop_are_delivered_after_restart() 
     let (bob, _) = server.user("bob", "b1").await;
     drop(bob);
     for i in 1..=10 {
-        alice.send_ok("bob", &format!("{i}"), &format!("before stop {i}")).await;
+        alice
+            .send_ok("bob", &format!("{i}"), &format!("before stop {i}"))
+            .await;
     }
     drop(alice);
     let server = server.restart().await;
@@ -56,7 +58,9 @@ impl Process {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let addr = tokio::time::timeout(WAIT, async {
             while let Some(line) = lines.next_line().await.unwrap() {
-                let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 if record["fields"]["message"] == "serving" {
                     return record["fields"]["addr"].as_str().unwrap().parse().unwrap();
                 }

@@ -36,17 +36,37 @@ async fn every_device_of_both_users_gets_every_message_in_order() {
     b2.login("bob", "b-web", Platform::Web).await;
 
     for i in 0..15 {
-        a1.send_ok("bob", &format!("a{i}"), &format!("alice {i}")).await;
-        b2.send_ok("alice", &format!("b{i}"), &format!("bob {i}")).await;
+        a1.send_ok("bob", &format!("a{i}"), &format!("alice {i}"))
+            .await;
+        b2.send_ok("alice", &format!("b{i}"), &format!("bob {i}"))
+            .await;
     }
     for device in [&mut a1, &mut a2, &mut b1, &mut b2] {
         let messages = pull_all(device, 0, 4).await;
         let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "gapless, ordered, no duplicates");
-        let from_alice: Vec<_> = messages.iter().filter(|m| m.from_username == "alice").map(|m| String::from_utf8_lossy(&m.content).into_owned()).collect();
-        let from_bob: Vec<_> = messages.iter().filter(|m| m.from_username == "bob").map(|m| String::from_utf8_lossy(&m.content).into_owned()).collect();
-        assert_eq!(from_alice, (0..15).map(|i| format!("alice {i}")).collect::<Vec<_>>());
-        assert_eq!(from_bob, (0..15).map(|i| format!("bob {i}")).collect::<Vec<_>>());
+        assert_eq!(
+            seqs,
+            (1..=30).collect::<Vec<_>>(),
+            "gapless, ordered, no duplicates"
+        );
+        let from_alice: Vec<_> = messages
+            .iter()
+            .filter(|m| m.from_username == "alice")
+            .map(|m| String::from_utf8_lossy(&m.content).into_owned())
+            .collect();
+        let from_bob: Vec<_> = messages
+            .iter()
+            .filter(|m| m.from_username == "bob")
+            .map(|m| String::from_utf8_lossy(&m.content).into_owned())
+            .collect();
+        assert_eq!(
+            from_alice,
+            (0..15).map(|i| format!("alice {i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            from_bob,
+            (0..15).map(|i| format!("bob {i}")).collect::<Vec<_>>()
+        );
         let ids: BTreeSet<u64> = messages.iter().map(|m| m.msg_id).collect();
         assert_eq!(ids.len(), 30, "each message once");
     }
@@ -63,9 +83,18 @@ async fn a_message_carries_ids_names_and_time() {
     let page = bob.pull(0, 10).await;
     let m = &page.messages[0];
     assert_eq!((m.seq, m.msg_id), (1, sent.msg_id));
-    assert_eq!((m.from_user_id, m.to_user_id), (alice_login.user_id, bob_login.user_id));
-    assert_eq!((m.from_username.as_str(), m.to_username.as_str()), ("alice", "bob"));
-    assert_eq!((m.from_device_id.as_str(), m.client_msg_id.as_str()), ("a1", "hello-1"));
+    assert_eq!(
+        (m.from_user_id, m.to_user_id),
+        (alice_login.user_id, bob_login.user_id)
+    );
+    assert_eq!(
+        (m.from_username.as_str(), m.to_username.as_str()),
+        ("alice", "bob")
+    );
+    assert_eq!(
+        (m.from_device_id.as_str(), m.client_msg_id.as_str()),
+        ("a1", "hello-1")
+    );
     assert_eq!(m.content_type, "text/plain");
     assert_eq!(m.sent_at_ms, sent.sent_at_ms);
     let second = alice.send_ok("bob", "hello-2", "again").await;
@@ -124,7 +153,9 @@ async fn a_lost_pull_response_is_answered_again_and_acked_entries_never_return()
     let (mut alice, _) = server.user("alice", "a1").await;
     let (mut bob, _) = server.user("bob", "b1").await;
     for i in 1..=5 {
-        alice.send_ok("bob", &format!("{i}"), &format!("m{i}")).await;
+        alice
+            .send_ok("bob", &format!("{i}"), &format!("m{i}"))
+            .await;
     }
     let first = bob.pull(0, 3).await;
     // The client "lost" that answer and asks again: same entries.
@@ -152,16 +183,23 @@ async fn a_lost_pull_response_is_answered_again_and_acked_entries_never_return()
 
 #[tokio::test]
 async fn gc_removes_entries_and_bodies_once_every_device_acked() {
-    let server = TestServer::start(|c| c.messaging.history_retention = std::time::Duration::ZERO).await;
+    let server =
+        TestServer::start(|c| c.messaging.history_retention = std::time::Duration::ZERO).await;
     let (mut alice, _) = server.user("alice", "a1").await;
     let (mut bob, _) = server.user("bob", "b1").await;
     let mut bob2 = server.raw().await;
     bob2.login("bob", "b2", Platform::Desktop).await;
     for i in 1..=4 {
-        alice.send_ok("bob", &format!("{i}"), &format!("m{i}")).await;
+        alice
+            .send_ok("bob", &format!("{i}"), &format!("m{i}"))
+            .await;
     }
     let before = server.store.stats().unwrap();
-    assert_eq!((before.entries, before.bodies), (8, 4), "4 entries each for alice and bob, one body per message");
+    assert_eq!(
+        (before.entries, before.bodies),
+        (8, 4),
+        "4 entries each for alice and bob, one body per message"
+    );
 
     // Alice's own device acks: her entries go, the bodies stay for bob.
     alice.ack(4).await;
@@ -169,7 +207,11 @@ async fn gc_removes_entries_and_bodies_once_every_device_acked() {
     bob.ack(4).await;
     let mid = server.store.stats().unwrap();
     assert_eq!((mid.entries, mid.bodies), (4, 4));
-    assert_eq!(bob2.pull(0, 10).await.messages.len(), 4, "unacked entries stay for bob2");
+    assert_eq!(
+        bob2.pull(0, 10).await.messages.len(),
+        4,
+        "unacked entries stay for bob2"
+    );
 
     bob2.ack(4).await;
     let after = server.store.stats().unwrap();
@@ -202,17 +244,36 @@ async fn token_login_logout_and_revoked_token() {
     drop(first.request(Body::Ping(pb::Ping::default())).await);
     drop(first);
     let mut second = server.raw().await;
-    let by_token = login_body("", "a1", Platform::Ios, Credential::Token(login.token.clone()));
+    let by_token = login_body(
+        "",
+        "a1",
+        Platform::Ios,
+        Credential::Token(login.token.clone()),
+    );
     match second.request(by_token.clone()).await {
-        Body::LoggedIn(l) => assert_eq!((l.user_id, l.token.as_str()), (login.user_id, login.token.as_str())),
+        Body::LoggedIn(l) => assert_eq!(
+            (l.user_id, l.token.as_str()),
+            (login.user_id, login.token.as_str())
+        ),
         other => panic!("{other:?}"),
     }
     // The token belongs to device a1 only.
     let mut other_device = server.raw().await;
-    let wrong_device = login_body("", "a2", Platform::Ios, Credential::Token(login.token.clone()));
-    expect_error(&other_device.request(wrong_device).await, ErrorCode::AuthFailed);
+    let wrong_device = login_body(
+        "",
+        "a2",
+        Platform::Ios,
+        Credential::Token(login.token.clone()),
+    );
+    expect_error(
+        &other_device.request(wrong_device).await,
+        ErrorCode::AuthFailed,
+    );
     // Logout revokes it and closes the connection.
-    assert!(matches!(second.request(Body::Logout(pb::LogoutRequest {})).await, Body::LoggedOut(_)));
+    assert!(matches!(
+        second.request(Body::Logout(pb::LogoutRequest {})).await,
+        Body::LoggedOut(_)
+    ));
     assert!(second.closed().await.is_empty());
     let mut third = server.raw().await;
     expect_error(&third.request(by_token).await, ErrorCode::AuthFailed);

@@ -37,18 +37,29 @@ async fn one_session_per_platform_class_by_default() {
     desktop.login("alice", "laptop", Platform::Desktop).await;
     let mut android = server.raw().await;
     android.login("alice", "android", Platform::Android).await;
-    assert_eq!(kick_reason(&iphone.closed().await), KickReason::SamePlatformClass);
+    assert_eq!(
+        kick_reason(&iphone.closed().await),
+        KickReason::SamePlatformClass
+    );
     // The desktop session was not of the mobile class and stays.
-    assert!(matches!(desktop.request(Body::Ping(pb::Ping::default())).await, Body::Pong(_)));
+    assert!(matches!(
+        desktop.request(Body::Ping(pb::Ping::default())).await,
+        Body::Pong(_)
+    ));
 }
 
 #[tokio::test]
 async fn device_kick_policy_allows_two_phones() {
-    let server = TestServer::start(|c| c.accounts.kick_policy = pigeon_server::config::KickPolicy::Device).await;
+    let server =
+        TestServer::start(|c| c.accounts.kick_policy = pigeon_server::config::KickPolicy::Device)
+            .await;
     let (mut iphone, _) = server.user("alice", "iphone").await;
     let mut android = server.raw().await;
     android.login("alice", "android", Platform::Android).await;
-    assert!(matches!(iphone.request(Body::Ping(pb::Ping::default())).await, Body::Pong(_)));
+    assert!(matches!(
+        iphone.request(Body::Ping(pb::Ping::default())).await,
+        Body::Pong(_)
+    ));
 }
 
 #[tokio::test]
@@ -59,10 +70,16 @@ async fn a_silent_connection_is_closed_after_the_idle_limit() {
     })
     .await;
     let (mut silent, login) = server.user("alice", "a1").await;
-    assert_eq!((login.heartbeat_interval_ms, login.idle_timeout_ms), (100, 400));
+    assert_eq!(
+        (login.heartbeat_interval_ms, login.idle_timeout_ms),
+        (100, 400)
+    );
     let started = tokio::time::Instant::now();
     assert!(silent.closed().await.is_empty(), "closed without a frame");
-    assert!(started.elapsed() >= Duration::from_millis(400), "not before the idle limit");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "not before the idle limit"
+    );
 }
 
 #[tokio::test]
@@ -76,7 +93,10 @@ async fn heartbeats_keep_a_connection_alive_past_the_idle_limit() {
     let mut heartbeat = tokio::time::interval(Duration::from_millis(100));
     for i in 0..12u64 {
         heartbeat.tick().await;
-        match client.request(Body::Ping(pb::Ping { client_time_ms: i })).await {
+        match client
+            .request(Body::Ping(pb::Ping { client_time_ms: i }))
+            .await
+        {
             Body::Pong(p) => assert_eq!(p.client_time_ms, i),
             other => panic!("{other:?}"),
         }
@@ -98,7 +118,10 @@ async fn a_tcp_connection_that_never_starts_tls_is_dropped() {
     let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut tcp, &mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed by the server: {read:?}");
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed by the server: {read:?}"
+    );
 }
 
 #[tokio::test]
@@ -108,7 +131,10 @@ async fn shutdown_kicks_connected_clients_with_server_shutdown() {
     let (mut bob, _) = server.user("bob", "b1").await;
     alice.send_ok("bob", "1", "before shutdown").await;
     let stopping = tokio::spawn(server.stop());
-    assert_eq!(kick_reason(&alice.closed().await), KickReason::ServerShutdown);
+    assert_eq!(
+        kick_reason(&alice.closed().await),
+        KickReason::ServerShutdown
+    );
     let frames = bob.closed().await;
     assert_eq!(kick_reason(&frames), KickReason::ServerShutdown);
     stopping.await.unwrap();

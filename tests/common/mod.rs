@@ -111,6 +111,17 @@ impl TestServer {
         server
     }
 
+    /// Stop, then start again on the same data directory and the same port,
+    /// so clients reconnecting to the old address find it.
+    pub async fn restart_in_place(self) -> TestServer {
+        let mut config = self.config.clone();
+        config.listen = self.addr;
+        let dir = self.stop().await;
+        let mut server = TestServer::start_with(config).await;
+        server.dir = dir;
+        server
+    }
+
     /// A raw client connected over TLS.
     pub async fn raw(&self) -> RawClient {
         RawClient::connect(self.addr).await
@@ -204,11 +215,17 @@ impl RawClient {
         self.next_id += 1;
         self.send_envelope(Envelope::new(id, body)).await;
         loop {
-            let envelope = self.next().await.expect("connection closed before the answer");
+            let envelope = self
+                .next()
+                .await
+                .expect("connection closed before the answer");
             if envelope.request_id == id {
                 return envelope.body.expect("answer has a body");
             }
-            assert_eq!(envelope.request_id, 0, "answer to another request: {envelope:?}");
+            assert_eq!(
+                envelope.request_id, 0,
+                "answer to another request: {envelope:?}"
+            );
             self.pushes.push(envelope);
         }
     }
@@ -228,8 +245,18 @@ impl RawClient {
         }
     }
 
-    pub async fn login(&mut self, name: &str, device: &str, platform: Platform) -> pb::LoginResponse {
-        let body = login_body(name, device, platform, Credential::Password(PASSWORD.into()));
+    pub async fn login(
+        &mut self,
+        name: &str,
+        device: &str,
+        platform: Platform,
+    ) -> pb::LoginResponse {
+        let body = login_body(
+            name,
+            device,
+            platform,
+            Credential::Password(PASSWORD.into()),
+        );
         match self.request(body).await {
             Body::LoggedIn(r) => r,
             other => panic!("login {name}/{device}: {other:?}"),
@@ -238,7 +265,8 @@ impl RawClient {
 
     /// Send text to a user by name; returns the answer body.
     pub async fn send_text(&mut self, to: &str, client_msg_id: &str, text: &str) -> Body {
-        self.request(send_body(to, client_msg_id, text.as_bytes().to_vec())).await
+        self.request(send_body(to, client_msg_id, text.as_bytes().to_vec()))
+            .await
     }
 
     pub async fn send_ok(&mut self, to: &str, client_msg_id: &str, text: &str) -> pb::SendResponse {
@@ -249,7 +277,10 @@ impl RawClient {
     }
 
     pub async fn pull(&mut self, after_seq: u64, limit: u32) -> pb::PullResponse {
-        match self.request(Body::Pull(pb::PullRequest { after_seq, limit })).await {
+        match self
+            .request(Body::Pull(pb::PullRequest { after_seq, limit }))
+            .await
+        {
             Body::Pulled(p) => p,
             other => panic!("pull: {other:?}"),
         }
