@@ -301,7 +301,8 @@ impl Config {
         if limits.max_frame_bytes < 1024 {
             return invalid("limits.max_frame_bytes", "must be at least 1024");
         }
-        if limits.max_content_bytes == 0 || limits.max_content_bytes + 1024 > limits.max_frame_bytes {
+        if limits.max_content_bytes == 0 || limits.max_content_bytes + 1024 > limits.max_frame_bytes
+        {
             return invalid(
                 "limits.max_content_bytes",
                 "must be above 0 and at least 1 KiB below limits.max_frame_bytes",
@@ -325,7 +326,10 @@ impl Config {
             }
         }
         if t.idle <= t.heartbeat_interval {
-            return invalid("timeouts.idle", "must be longer than timeouts.heartbeat_interval");
+            return invalid(
+                "timeouts.idle",
+                "must be longer than timeouts.heartbeat_interval",
+            );
         }
         if self.accounts.max_concurrent_hashes == 0 {
             return invalid("accounts.max_concurrent_hashes", "must be above 0");
@@ -382,7 +386,12 @@ pub mod duration_text {
     /// The shortest exact text for a duration.
     pub fn format(d: Duration) -> String {
         let ms = d.as_millis() as u64;
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
             if ms != 0 && ms.is_multiple_of(size) {
                 return format!("{}{unit}", ms / size);
             }
@@ -417,8 +426,14 @@ mod tests {
 
     #[test]
     fn durations_parse_and_format() {
-        assert_eq!(duration_text::parse("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(duration_text::parse("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            duration_text::parse("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            duration_text::parse("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
         assert!(duration_text::parse("10").is_err());
         assert!(duration_text::parse("10y").is_err());
         assert!(duration_text::parse("99999999999999999d").is_err());
@@ -430,7 +445,11 @@ mod tests {
     fn file_overrides_and_unknown_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pigeon.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\n[timeouts]\nidle = \"2m\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\n[timeouts]\nidle = \"2m\"\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&path), []).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.timeouts.idle, Duration::from_secs(120));

@@ -126,7 +126,8 @@ impl Server {
     /// Bind the configured listen address with the configured backlog.
     pub fn bind(&self) -> Result<TcpListener, ServerError> {
         let addr = self.config.listen;
-        gateway::bind(addr, self.config.limits.backlog).map_err(|source| ServerError::Bind { addr, source })
+        gateway::bind(addr, self.config.limits.backlog)
+            .map_err(|source| ServerError::Bind { addr, source })
     }
 
     /// Group-commit counters (sends per flush = sends / syncs).

@@ -10,7 +10,11 @@ use pigeon_server::config::Config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "pigeond", version, about = "The pigeon instant-messaging server")]
+#[command(
+    name = "pigeond",
+    version,
+    about = "The pigeon instant-messaging server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,7 +97,9 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

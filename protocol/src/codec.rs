@@ -144,7 +144,10 @@ mod tests {
                 }),
             ),
             Envelope::default(),
-            Envelope::new(0, Body::Error(pb::Error::new(crate::ErrorCode::Internal, "x"))),
+            Envelope::new(
+                0,
+                Body::Error(pb::Error::new(crate::ErrorCode::Internal, "x")),
+            ),
         ]
     }
 
@@ -243,11 +246,11 @@ mod tests {
     fn garbage_bodies_give_decode_errors_not_panics() {
         let mut codec = Codec::default();
         let garbage: [&[u8]; 6] = [
-            &[0xFF; 16],                   // invalid wire types and varints
+            &[0xFF; 16],                     // invalid wire types and varints
             &[0x0A, 0xFF, 0xFF, 0xFF, 0x0F], // length-delimited field far longer than the frame
-            &[0x08, 0x80, 0x80, 0x80],     // truncated varint
-            &[0x52, 0x02, 0xFF, 0xFE],     // register with invalid nested bytes
-            &[0x0B],                       // deprecated group start wire type
+            &[0x08, 0x80, 0x80, 0x80],       // truncated varint
+            &[0x52, 0x02, 0xFF, 0xFE],       // register with invalid nested bytes
+            &[0x0B],                         // deprecated group start wire type
             &[0x6A, 0x03, 0x0A, 0x01, 0xC3], // invalid UTF-8 in a string field
         ];
         for body in garbage {
@@ -255,7 +258,10 @@ mod tests {
             buf.put_u32(body.len() as u32);
             buf.extend_from_slice(body);
             let result = codec.decode(&mut buf);
-            assert!(matches!(result, Err(CodecError::Decode(_))), "{body:x?}: {result:?}");
+            assert!(
+                matches!(result, Err(CodecError::Decode(_))),
+                "{body:x?}: {result:?}"
+            );
         }
     }
 

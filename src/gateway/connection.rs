@@ -61,7 +61,14 @@ pub async fn run(stream: TcpStream, gateway: Arc<Gateway>, shutdown: Cancellatio
     let closing = CancellationToken::new();
     let write_timeout = gateway.timeouts.write;
     let session = Session::new(gateway.clone(), outbound, signal.clone());
-    let write = write_loop(writer, queue, signal, closing.clone(), write_timeout, shutdown.clone());
+    let write = write_loop(
+        writer,
+        queue,
+        signal,
+        closing.clone(),
+        write_timeout,
+        shutdown.clone(),
+    );
     let read = read_loop(session, reader, closing, shutdown);
     let (_, registration) = tokio::join!(write, read);
     if let Some(registration) = registration {
@@ -98,11 +105,16 @@ async fn read_loop(
             Ok(Some(Err(CodecError::FrameTooLarge { len, max }))) => {
                 tracing::debug!(len, max, "frame too large");
                 let message = format!("frame of {len} bytes is above the maximum of {max}");
-                session.fatal(pb::Error::new(ErrorCode::FrameTooLarge, message)).await
+                session
+                    .fatal(pb::Error::new(ErrorCode::FrameTooLarge, message))
+                    .await
             }
             Ok(Some(Err(CodecError::Decode(e)))) => {
                 tracing::debug!(error = %e, "undecodable frame");
-                let mut error = pb::Error::new(ErrorCode::InvalidArgument, format!("undecodable frame: {e}"));
+                let mut error = pb::Error::new(
+                    ErrorCode::InvalidArgument,
+                    format!("undecodable frame: {e}"),
+                );
                 error.fatal = true;
                 session.fatal(error).await
             }
@@ -162,7 +174,11 @@ async fn write_loop(
         // Any fatal error ends the connection, whichever path produced it.
         let close = close || matches!(&envelope.body, Some(Body::Error(e)) if e.fatal);
         let flush = close || queue.is_empty();
-        if write(&mut sink, envelope, flush, write_timeout).await.is_err() || close {
+        if write(&mut sink, envelope, flush, write_timeout)
+            .await
+            .is_err()
+            || close
+        {
             break;
         }
     }

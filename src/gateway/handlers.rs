@@ -44,7 +44,11 @@ pub struct Session {
 
 impl Session {
     /// A session that is not logged in yet.
-    pub fn new(gateway: Arc<Gateway>, outbound: mpsc::Sender<Outbound>, signal: Arc<SessionSignal>) -> Self {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        outbound: mpsc::Sender<Outbound>,
+        signal: Arc<SessionSignal>,
+    ) -> Self {
         Session {
             gateway,
             outbound,
@@ -70,7 +74,8 @@ impl Session {
 
     /// Send a fatal error not tied to a request, then close.
     pub async fn fatal(&mut self, error: pb::Error) -> Flow {
-        self.queue_ready(Envelope::new(0, Body::Error(error)), true).await;
+        self.queue_ready(Envelope::new(0, Body::Error(error)), true)
+            .await;
         Flow::Close
     }
 
@@ -79,20 +84,35 @@ impl Session {
         let id = envelope.request_id;
         let pre_login = matches!(envelope.body, Some(Body::Register(_) | Body::Login(_)));
         if self.login.is_none() && !pre_login {
-            return self.refuse(id, ErrorCode::NotAuthenticated, "log in first").await;
+            return self
+                .refuse(id, ErrorCode::NotAuthenticated, "log in first")
+                .await;
         }
         let Some(body) = envelope.body else {
-            return self.refuse(id, ErrorCode::UnknownRequest, "envelope has no body this server knows").await;
+            return self
+                .refuse(
+                    id,
+                    ErrorCode::UnknownRequest,
+                    "envelope has no body this server knows",
+                )
+                .await;
         };
         if id == 0 {
-            return self.refuse(0, ErrorCode::InvalidArgument, "request_id must be non-zero").await;
+            return self
+                .refuse(0, ErrorCode::InvalidArgument, "request_id must be non-zero")
+                .await;
         }
         tracing::debug!(request_id = id, kind = body_kind(&body), "request");
         match (self.login.is_some(), body) {
             (false, Body::Register(r)) => self.register(id, r).await,
             (false, Body::Login(l)) => self.login(id, l).await,
             (true, Body::Register(_) | Body::Login(_)) => {
-                self.refuse(id, ErrorCode::AlreadyAuthenticated, "this connection is already logged in").await
+                self.refuse(
+                    id,
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection is already logged in",
+                )
+                .await
             }
             (true, Body::Ping(p)) => {
                 let pong = pb::Pong {
@@ -106,7 +126,10 @@ impl Session {
             (true, Body::Ack(a)) => self.ack(id, a).await,
             (true, Body::Logout(_)) => self.logout(id).await,
             (_, other) => {
-                let message = format!("{} is sent by the server, not by clients", body_kind(&other));
+                let message = format!(
+                    "{} is sent by the server, not by clients",
+                    body_kind(&other)
+                );
                 self.refuse(id, ErrorCode::UnknownRequest, &message).await
             }
         }
@@ -131,22 +154,52 @@ impl Session {
         }
         let platform = match Platform::try_from(request.platform) {
             Ok(p) if p != Platform::Unspecified => p,
-            _ => return self.refuse(id, ErrorCode::InvalidArgument, "platform must be set to a known value").await,
+            _ => {
+                return self
+                    .refuse(
+                        id,
+                        ErrorCode::InvalidArgument,
+                        "platform must be set to a known value",
+                    )
+                    .await
+            }
         };
         let credential = match request.credential {
-            Some(login_request::Credential::Password(p)) if !request.username.is_empty() => Credential::Password(p),
+            Some(login_request::Credential::Password(p)) if !request.username.is_empty() => {
+                Credential::Password(p)
+            }
             Some(login_request::Credential::Token(t)) => Credential::Token(t),
             Some(login_request::Credential::Password(_)) => {
-                return self.refuse(id, ErrorCode::InvalidArgument, "password login needs a username").await
+                return self
+                    .refuse(
+                        id,
+                        ErrorCode::InvalidArgument,
+                        "password login needs a username",
+                    )
+                    .await
             }
-            None => return self.refuse(id, ErrorCode::InvalidArgument, "a password or a token is required").await,
+            None => {
+                return self
+                    .refuse(
+                        id,
+                        ErrorCode::InvalidArgument,
+                        "a password or a token is required",
+                    )
+                    .await
+            }
         };
         let accounts = &self.gateway.accounts;
-        let auth = match accounts.authenticate(&request.username, &request.device_id, credential).await {
+        let auth = match accounts
+            .authenticate(&request.username, &request.device_id, credential)
+            .await
+        {
             Ok(auth) => auth,
             Err(e) => return self.answer_service(id, Err(e)).await,
         };
-        match self.start_session(auth.user.id, &request.device_id, platform).await {
+        match self
+            .start_session(auth.user.id, &request.device_id, platform)
+            .await
+        {
             Ok((login, max_seq, acked_seq)) => {
                 let response = self.login_response(&auth, max_seq, acked_seq);
                 let span = tracing::Span::current();
@@ -172,12 +225,18 @@ impl Session {
         platform: Platform,
     ) -> Result<(Login, u64, u64), ServiceError> {
         let registry = &self.gateway.registry;
-        let registration = registry.register(user, device_id, platform.class(), self.signal.clone());
+        let registration =
+            registry.register(user, device_id, platform.class(), self.signal.clone());
         let caller = Caller {
             user,
             device_id: device_id.to_owned(),
         };
-        match self.gateway.messaging.device_logged_in(&caller, platform as i32).await {
+        match self
+            .gateway
+            .messaging
+            .device_logged_in(&caller, platform as i32)
+            .await
+        {
             Ok((max_seq, acked_seq)) => {
                 let login = Login {
                     caller,
@@ -193,7 +252,12 @@ impl Session {
         }
     }
 
-    fn login_response(&self, auth: &Authenticated, max_seq: u64, acked_seq: u64) -> pb::LoginResponse {
+    fn login_response(
+        &self,
+        auth: &Authenticated,
+        max_seq: u64,
+        acked_seq: u64,
+    ) -> pb::LoginResponse {
         let timeouts = &self.gateway.timeouts;
         let limits = &self.gateway.limits;
         pb::LoginResponse {
@@ -211,7 +275,9 @@ impl Session {
     }
 
     async fn logout(&mut self, id: u64) -> Flow {
-        let Some(login) = &self.login else { return Flow::Close };
+        let Some(login) = &self.login else {
+            return Flow::Close;
+        };
         let result = self.gateway.accounts.revoke(login.token_hash).await;
         let answer = result.map(|()| Body::LoggedOut(pb::LogoutResponse {}));
         let ok = answer.is_ok();
@@ -228,7 +294,15 @@ impl Session {
         let to = match (request.to_user_id, request.to_username.is_empty()) {
             (0, false) => Recipient::Name(request.to_username),
             (user, true) if user != 0 => Recipient::Id(user),
-            _ => return self.refuse(id, ErrorCode::InvalidArgument, "set exactly one of to_user_id and to_username").await,
+            _ => {
+                return self
+                    .refuse(
+                        id,
+                        ErrorCode::InvalidArgument,
+                        "set exactly one of to_user_id and to_username",
+                    )
+                    .await
+            }
         };
         let outgoing = Outgoing {
             to,
@@ -260,7 +334,9 @@ impl Session {
         let caller = self.caller().clone();
         let budget = self.gateway.limits.max_frame_bytes as usize - PULL_FRAME_RESERVE;
         let answer = async move {
-            let result = messaging.pull(&caller, request.after_seq, request.limit).await;
+            let result = messaging
+                .pull(&caller, request.after_seq, request.limit)
+                .await;
             envelope(id, result.map(|page| pulled(page, budget)))
         };
         self.queue(Outbound::Pending(Box::pin(answer))).await
@@ -271,13 +347,20 @@ impl Session {
         let caller = self.caller().clone();
         let answer = async move {
             let result = messaging.ack(&caller, request.seq).await;
-            envelope(id, result.map(|acked_seq| Body::Acked(pb::AckResponse { acked_seq })))
+            envelope(
+                id,
+                result.map(|acked_seq| Body::Acked(pb::AckResponse { acked_seq })),
+            )
         };
         self.queue(Outbound::Pending(Box::pin(answer))).await
     }
 
     fn caller(&self) -> &Caller {
-        &self.login.as_ref().expect("handlers past login run only when logged in").caller
+        &self
+            .login
+            .as_ref()
+            .expect("handlers past login run only when logged in")
+            .caller
     }
 
     async fn refuse(&mut self, id: u64, code: ErrorCode, message: &str) -> Flow {
@@ -304,7 +387,10 @@ impl Session {
 
     async fn queue_ready(&mut self, envelope: Envelope, close: bool) {
         // If the write loop is gone the connection is closing anyway.
-        let _ = self.outbound.send(Outbound::Ready { envelope, close }).await;
+        let _ = self
+            .outbound
+            .send(Outbound::Ready { envelope, close })
+            .await;
     }
 
     async fn queue(&mut self, item: Outbound) -> Flow {

@@ -40,7 +40,9 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     let (certs, key) = match (&config.cert, &config.key) {
         (Some(cert), Some(key)) => (read_certs(cert)?, read_key(key)?),
         _ => {
-            tracing::warn!("using the embedded development certificate; set tls.cert and tls.key for real use");
+            tracing::warn!(
+                "using the embedded development certificate; set tls.cert and tls.key for real use"
+            );
             (
                 parse_certs(DEV_CERT, "(embedded dev certificate)")?,
                 parse_key(DEV_KEY, "(embedded dev key)")?,
@@ -79,7 +81,11 @@ fn parse_key(pem: &[u8], path: &str) -> Result<PrivateKeyDer<'static>, TlsError>
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| pem_error("private key", path, e))
 }
 
-fn pem_error(what: &'static str, path: impl AsRef<Path>, problem: impl std::fmt::Display) -> TlsError {
+fn pem_error(
+    what: &'static str,
+    path: impl AsRef<Path>,
+    problem: impl std::fmt::Display,
+) -> TlsError {
     TlsError::Pem {
         what,
         path: path.as_ref().display().to_string(),
@@ -105,7 +111,9 @@ mod tests {
             cert: Some(empty.clone()),
             key: Some(dir.path().join("missing.key")),
         };
-        let Err(err) = acceptor(&config) else { panic!("an empty certificate file must be refused") };
+        let Err(err) = acceptor(&config) else {
+            panic!("an empty certificate file must be refused")
+        };
         let err = err.to_string();
         assert!(err.contains("empty.pem"), "{err}");
     }

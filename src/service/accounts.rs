@@ -175,14 +175,22 @@ impl Accounts {
     }
 
     async fn hash(&self, password: String) -> Result<String, ServiceError> {
-        let _permit = self.hashing.acquire().await.map_err(|_| ServiceError::ShuttingDown)?;
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ServiceError::ShuttingDown)?;
         tokio::task::spawn_blocking(move || hash_password(&password))
             .await
             .map_err(|_| ServiceError::ShuttingDown)?
     }
 
     async fn verify(&self, password: String, hash: String) -> Result<bool, ServiceError> {
-        let _permit = self.hashing.acquire().await.map_err(|_| ServiceError::ShuttingDown)?;
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ServiceError::ShuttingDown)?;
         tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .map_err(|_| ServiceError::ShuttingDown)
@@ -288,7 +296,15 @@ mod tests {
         for good in ["bob", "alice_1", "0day", "a.b-c"] {
             validate_username(good).unwrap();
         }
-        for bad in ["", "ab", "Bob", "_bob", "bob!", "x".repeat(33).as_str(), "bø b"] {
+        for bad in [
+            "",
+            "ab",
+            "Bob",
+            "_bob",
+            "bob!",
+            "x".repeat(33).as_str(),
+            "bø b",
+        ] {
             assert!(validate_username(bad).is_err(), "{bad}");
         }
     }

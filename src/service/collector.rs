@@ -58,9 +58,10 @@ pub async fn sweep(
     let mut after = 0;
     loop {
         let store = store.clone();
-        let users = tokio::task::spawn_blocking(move || store.users_with_entries(after, USERS_PER_STEP))
-            .await
-            .map_err(|_| ServiceError::ShuttingDown)??;
+        let users =
+            tokio::task::spawn_blocking(move || store.users_with_entries(after, USERS_PER_STEP))
+                .await
+                .map_err(|_| ServiceError::ShuttingDown)??;
         let Some(&last) = users.last() else { break };
         visited += users.len() as u64;
         let now = now_ms();
@@ -77,7 +78,9 @@ pub async fn sweep(
     let mut expired = 0;
     let mut resume = None;
     loop {
-        let (n, next) = committer.expire_dedupe(older_than, resume, DEDUPE_PER_STEP).await?;
+        let (n, next) = committer
+            .expire_dedupe(older_than, resume, DEDUPE_PER_STEP)
+            .await?;
         expired += n;
         match next {
             Some(position) => resume = Some(position),

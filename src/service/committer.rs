@@ -15,9 +15,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::session::Notifier;
-use crate::store::{
-    MsgId, Store, StoreError, WriteOp, WriteOutcome, MSG_ID_COUNTER_BITS,
-};
+use crate::store::{MsgId, Store, StoreError, WriteOp, WriteOutcome, MSG_ID_COUNTER_BITS};
 
 /// Jobs waiting for the writer. When full, submitters wait (backpressure
 /// reaches the connections, which stop reading).
@@ -234,7 +232,9 @@ impl Writer {
         });
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.sends.fetch_add(sends, Ordering::Relaxed);
-        self.stats.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        self.stats
+            .ops
+            .fetch_add(ops.len() as u64, Ordering::Relaxed);
         match result {
             Ok(outcomes) => {
                 for ((op, reply), outcome) in batch.drain(..).zip(outcomes) {

@@ -238,7 +238,10 @@ impl Messaging {
         // Queued right behind the ack, so usually in the same batch. The
         // answer waits for it, so what an answered ack freed is gone; a
         // failure only leaves work for the background sweep.
-        let collect = self.committer.submit(self.collect_op(caller.user, now)).await?;
+        let collect = self
+            .committer
+            .submit(self.collect_op(caller.user, now))
+            .await?;
         let acked = ack.await.map_err(|_| ServiceError::ShuttingDown)??;
         match collect.await {
             Ok(Ok(_)) => {}
@@ -258,7 +261,8 @@ impl Messaging {
     pub fn collect_op(&self, user: UserId, now: u64) -> WriteOp {
         WriteOp::Collect {
             user,
-            active_since_ms: now.saturating_sub(self.rules.device_inactive_after.as_millis() as u64),
+            active_since_ms: now
+                .saturating_sub(self.rules.device_inactive_after.as_millis() as u64),
             // An entry may go once it is `history_retention` old: with a
             // retention of zero, everything up to this millisecond.
             retain_since_ms: now
@@ -286,7 +290,10 @@ impl Messaging {
     }
 
     fn remember(&self, id: UserId, name: &str) -> Arc<str> {
-        let mut names = self.names.lock().expect("name cache lock is never poisoned");
+        let mut names = self
+            .names
+            .lock()
+            .expect("name cache lock is never poisoned");
         if names.len() >= NAME_CACHE_CAP {
             names.clear();
         }
@@ -295,7 +302,12 @@ impl Messaging {
 
     /// A username by id (usernames never change, so the cache is never stale).
     fn username(&self, id: UserId) -> Result<Arc<str>, ServiceError> {
-        if let Some(name) = self.names.lock().expect("name cache lock is never poisoned").get(&id) {
+        if let Some(name) = self
+            .names
+            .lock()
+            .expect("name cache lock is never poisoned")
+            .get(&id)
+        {
             return Ok(name.clone());
         }
         match self.store.user(id)? {

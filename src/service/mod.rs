@@ -9,4 +9,6 @@ pub mod messaging;
 
 pub use accounts::{Accounts, Authenticated, Credential};
 pub use committer::{CommitStats, Committer, CommitterThread};
-pub use messaging::{Caller, Delivered, Messaging, MessagingRules, Outgoing, PulledPage, Receipt, Recipient};
+pub use messaging::{
+    Caller, Delivered, Messaging, MessagingRules, Outgoing, PulledPage, Receipt, Recipient,
+};

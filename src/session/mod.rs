@@ -60,7 +60,10 @@ impl SessionSignal {
 
     /// The kick, if this session has been ended.
     pub fn kicked(&self) -> Option<Kick> {
-        self.kick.lock().expect("kick lock is never poisoned").clone()
+        self.kick
+            .lock()
+            .expect("kick lock is never poisoned")
+            .clone()
     }
 
     fn raise(&self, max_seq: Seq) {
@@ -192,7 +195,8 @@ impl SessionRegistry {
 
     /// Kick every session (server shutdown).
     pub fn kick_all(&self, kick: Kick) {
-        let users = std::mem::take(&mut *self.users.lock().expect("registry lock is never poisoned"));
+        let users =
+            std::mem::take(&mut *self.users.lock().expect("registry lock is never poisoned"));
         for entry in users.into_values().flatten() {
             entry.signal.kick(kick.clone());
         }
@@ -227,7 +231,12 @@ impl Notifier for SessionRegistry {
 mod tests {
     use super::*;
 
-    fn register(r: &SessionRegistry, user: UserId, device: &str, class: PlatformClass) -> (Registration, Arc<SessionSignal>) {
+    fn register(
+        r: &SessionRegistry,
+        user: UserId,
+        device: &str,
+        class: PlatformClass,
+    ) -> (Registration, Arc<SessionSignal>) {
         let signal = SessionSignal::new();
         (r.register(user, device, class, signal.clone()), signal)
     }
