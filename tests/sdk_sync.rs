@@ -91,7 +91,7 @@ async fn every_device_gets_every_message_once_and_in_order() {
     setup.register("alice").await;
     setup.register("bob").await;
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut devices = vec![
+    let mut devices = [
         client(server.addr, "alice", Platform::Ios, dirs[0].path(), true),
         client(
             server.addr,

@@ -165,6 +165,20 @@ impl MsgIdGenerator {
     }
 }
 
+/// The ops of one group commit and, in the same order, who waits for them.
+/// Kept apart so the ops go to the store as one slice, without copies.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<WriteOp>,
+    replies: Vec<oneshot::Sender<OpResult>>,
+}
+
+impl Batch {
+    fn drain(&mut self) -> impl Iterator<Item = (WriteOp, oneshot::Sender<OpResult>)> + '_ {
+        self.ops.drain(..).zip(self.replies.drain(..))
+    }
+}
+
 struct Writer {
     store: Arc<dyn Store>,
     notifier: Arc<dyn Notifier>,
@@ -175,12 +189,15 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut batch: Vec<(WriteOp, oneshot::Sender<OpResult>)> = Vec::new();
+        let mut batch = Batch::default();
         while let Some(job) = rx.blocking_recv() {
             let mut next = Some(job);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Write { op, reply } => batch.push((op, reply)),
+                    Job::Write { op, reply } => {
+                        batch.ops.push(op);
+                        batch.replies.push(reply);
+                    }
                     Job::ExpireDedupe {
                         older_than_ms,
                         resume,
@@ -194,7 +211,7 @@ impl Writer {
                         let _ = reply.send(result);
                     }
                 }
-                if batch.len() < self.max_batch {
+                if batch.ops.len() < self.max_batch {
                     next = rx.try_recv().ok();
                 }
             }
@@ -206,20 +223,19 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: &mut Vec<(WriteOp, oneshot::Sender<OpResult>)>) {
-        if batch.is_empty() {
+    fn commit(&mut self, batch: &mut Batch) {
+        if batch.ops.is_empty() {
             return;
         }
         let now_ms = crate::clock::now_ms();
         let mut sends = 0u64;
-        for (op, _) in batch.iter_mut() {
+        for op in batch.ops.iter_mut() {
             if let WriteOp::Send { message, .. } = op {
                 message.msg_id = self.ids.next(now_ms);
                 sends += 1;
             }
         }
-        let ops: Vec<WriteOp> = batch.iter().map(|(op, _)| op.clone()).collect();
-        let result = self.store.apply(&ops).and_then(|outcomes| {
+        let result = self.store.apply(&batch.ops).and_then(|outcomes| {
             if sends > 0 {
                 let started = Instant::now();
                 self.store.sync()?;
@@ -230,14 +246,13 @@ impl Writer {
             }
             Ok(outcomes)
         });
+        let ops = batch.ops.len() as u64;
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.sends.fetch_add(sends, Ordering::Relaxed);
-        self.stats
-            .ops
-            .fetch_add(ops.len() as u64, Ordering::Relaxed);
+        self.stats.ops.fetch_add(ops, Ordering::Relaxed);
         match result {
             Ok(outcomes) => {
-                for ((op, reply), outcome) in batch.drain(..).zip(outcomes) {
+                for ((op, reply), outcome) in batch.drain().zip(outcomes) {
                     self.notify(&op, &outcome);
                     // A submitter that went away (connection closed) still had
                     // its write applied; nothing to undo.
@@ -245,8 +260,8 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, ops = ops.len(), "store batch failed");
-                for (_, reply) in batch.drain(..) {
+                tracing::warn!(error = %e, ops, "store batch failed");
+                for (_, reply) in batch.drain() {
                     let _ = reply.send(Err(clone_error(&e)));
                 }
             }
