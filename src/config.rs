@@ -32,6 +32,42 @@ pub struct Config {
     pub accounts: Accounts,
     /// Message storage and garbage collection.
     pub messaging: Messaging,
+    /// The admin listener (/metrics, /healthz, /readyz, admin API).
+    pub admin: Admin,
+}
+
+/// The admin endpoint: loopback HTTP with a bearer token, never on the
+/// public port.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Where the admin listener binds; unset switches it off.
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token; created with a random token (mode
+    /// 0600) if missing. Unset: `admin.token` in the data directory.
+    pub token_file: Option<PathBuf>,
+    /// Allow `listen` on an address other than loopback. Off by default so
+    /// the admin API is never exposed to the network by accident.
+    pub allow_non_loopback: bool,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7444))),
+            token_file: None,
+            allow_non_loopback: false,
+        }
+    }
+}
+
+impl Admin {
+    /// The token file in effect for a data directory.
+    pub fn token_path(&self, data_dir: &Path) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("admin.token"))
+    }
 }
 
 /// Certificate files. Both set, or neither (the embedded dev certificate).
@@ -82,6 +118,10 @@ pub struct Timeouts {
     /// Writing one batch of frames to a peer; a slower peer is disconnected.
     #[serde(with = "duration_text")]
     pub write: Duration,
+    /// After SIGTERM: how long connections get to finish in-flight requests
+    /// before they are dropped and the store is flushed.
+    #[serde(with = "duration_text")]
+    pub shutdown: Duration,
 }
 
 /// Who may sign up and how long logins last.
@@ -145,6 +185,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             accounts: Accounts::default(),
             messaging: Messaging::default(),
+            admin: Admin::default(),
         }
     }
 }
@@ -170,6 +211,7 @@ impl Default for Timeouts {
             heartbeat_interval: Duration::from_secs(30),
             idle: Duration::from_secs(75),
             write: Duration::from_secs(10),
+            shutdown: Duration::from_secs(30),
         }
     }
 }
@@ -320,6 +362,7 @@ impl Config {
             ("timeouts.login", t.login),
             ("timeouts.heartbeat_interval", t.heartbeat_interval),
             ("timeouts.write", t.write),
+            ("timeouts.shutdown", t.shutdown),
         ] {
             if value.is_zero() {
                 return invalid(key, "must be above zero");
@@ -339,6 +382,14 @@ impl Config {
         }
         if self.messaging.gc_interval.is_zero() {
             return invalid("messaging.gc_interval", "must be above zero");
+        }
+        if let Some(addr) = self.admin.listen {
+            if !addr.ip().is_loopback() && !self.admin.allow_non_loopback {
+                return invalid(
+                    "admin.listen",
+                    "is not a loopback address; set admin.allow_non_loopback = true to expose the admin API",
+                );
+            }
         }
         Ok(())
     }

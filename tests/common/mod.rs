@@ -46,6 +46,8 @@ pub fn test_config(data_dir: &Path) -> Config {
         ..Config::default()
     };
     config.accounts.max_concurrent_hashes = 8;
+    // Parallel tests must not fight over the admin port.
+    config.admin.listen = None;
     config
 }
 
