@@ -57,6 +57,10 @@ macro_rules! store_contract_tests {
             expire_dedupe_resumes_until_done,
             users_with_entries_pages_by_user,
             everything_survives_reopen_and_seqs_are_never_reused,
+            users_are_listed_in_id_order_by_page,
+            user_flags_and_password_hash_change_and_persist,
+            user_tokens_are_deleted_by_user_or_device,
+            check_writable_succeeds_and_is_invisible,
         );
     };
     (@cases $fixture:expr; $($case:ident),+ $(,)?) => {

@@ -17,6 +17,8 @@ pub mod contract;
 mod records;
 pub mod sled_store;
 
+use std::path::Path;
+
 use bytes::Bytes;
 
 pub use sled_store::SledStore;
@@ -274,6 +276,17 @@ pub struct StoreStats {
     pub disk_bytes: u64,
 }
 
+/// What a [`Store::backup`] copied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackupReport {
+    /// Trees (tables) copied.
+    pub trees: u64,
+    /// Key-value records copied.
+    pub records: u64,
+    /// Bytes of keys and values copied.
+    pub bytes: u64,
+}
+
 /// The storage interface of the messaging code.
 ///
 /// Reads see every write applied before them. Writes of one `apply` call are
@@ -353,4 +366,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counters for operators and tests.
     fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Users in id order with id > `after`, at most `limit` of them (the
+    /// admin listing pages with the last id it saw).
+    fn list_users(&self, after: UserId, limit: usize) -> Result<Vec<UserRecord>, StoreError>;
+
+    /// Set or clear a user's disabled flag. `Ok(false)` if there is no such
+    /// user. Durable (per the configured [`Durability`]) when it returns.
+    fn set_disabled(&self, user: UserId, disabled: bool) -> Result<bool, StoreError>;
+
+    /// Replace a user's password hash. `Ok(false)` if there is no such user.
+    /// Durable (per the configured [`Durability`]) when it returns.
+    fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<bool, StoreError>;
+
+    /// Delete every token of `user`, or only those issued to `device_id`;
+    /// returns how many went. Durable (per the configured [`Durability`])
+    /// when it returns.
+    fn delete_user_tokens(&self, user: UserId, device_id: Option<&str>) -> Result<u64, StoreError>;
+
+    /// Write a consistent copy of the whole store into `target`, a directory
+    /// that must not exist yet; the copy is fsynced, and an engine of the
+    /// same kind opens it as a store with everything that was applied
+    /// before the call. Writes wait while the copy is made. A failed backup
+    /// leaves nothing at `target`.
+    fn backup(&self, target: &Path) -> Result<BackupReport, StoreError>;
+
+    /// Check that the store still takes writes (for the readiness probe):
+    /// writes a small marker record, without syncing.
+    fn check_writable(&self) -> Result<(), StoreError>;
 }

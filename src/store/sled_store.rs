@@ -18,7 +18,13 @@
 //! | `userid_maxseq` | user (8 BE) | seq (8 BE) |
 //! | `msgid_body` | msg id (8 BE) | `BodyValue` (with refcount) |
 //! | `userclientmsgid_dedupe` | sender (8 BE) ++ client_msg_id | `DedupeValue` |
+//! | `usertokenhash_device` | user (8 BE) ++ SHA-256 of the token (32) | device id (UTF-8) |
+//!
+//! Every write takes the store's write gate shared; [`Store::backup`] takes
+//! it exclusively, so a backup sees no write land while it copies.
 
+mod accounts;
+mod backup;
 mod batch;
 mod files;
 #[cfg(test)]
@@ -26,9 +32,9 @@ mod tests;
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use sled::Tree;
 
 use super::records::{
@@ -36,18 +42,21 @@ use super::records::{
     BodyValue, DedupeValue, DeviceValue, TokenValue, UserValue,
 };
 use super::{
-    msg_id_time_ms, DeviceRecord, Durability, MsgId, Page, Seq, Store, StoreError, StoreStats,
-    StoredMessage, TokenRecord, UserId, UserRecord, WriteOp, WriteOutcome,
+    msg_id_time_ms, BackupReport, DeviceRecord, Durability, MsgId, Page, Seq, Store, StoreError,
+    StoreStats, StoredMessage, TokenRecord, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use files::SyncFiles;
 
 /// The schema version this build reads and writes. Bump it when a key or
 /// value layout changes incompatibly, and add the step to [`SledStore::migrate`].
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// Version 2 added the `usertokenhash_device` index.
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 const META_MSGID_FLOOR: &[u8] = b"msgid_floor";
 const META_NEXT_USER_ID: &[u8] = b"next_user_id";
+const META_READY_PROBE: &[u8] = b"ready_probe";
 
 /// Tuning of the sled engine; the defaults suit a single pigeond.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +89,7 @@ struct Trees {
     userid_maxseq: Tree,
     msgid_body: Tree,
     userclientmsgid_dedupe: Tree,
+    usertokenhash_device: Tree,
 }
 
 impl Trees {
@@ -95,6 +105,7 @@ impl Trees {
             userid_maxseq: tree("userid_maxseq")?,
             msgid_body: tree("msgid_body")?,
             userclientmsgid_dedupe: tree("userclientmsgid_dedupe")?,
+            usertokenhash_device: tree("usertokenhash_device")?,
         })
     }
 }
@@ -112,6 +123,8 @@ pub struct SledStore {
     trees: Trees,
     durability: Durability,
     files: SyncFiles,
+    /// Taken shared by every write and exclusively by a backup.
+    write_gate: RwLock<()>,
     /// Held for the store's life: one process per data directory.
     _lock: std::fs::File,
 }
@@ -145,6 +158,7 @@ impl SledStore {
             trees,
             durability,
             files,
+            write_gate: RwLock::new(()),
             _lock: lock,
         };
         store.check_schema()?;
@@ -175,13 +189,21 @@ impl SledStore {
 
     /// Brings a store written by an older schema up to [`SCHEMA_VERSION`].
     ///
-    /// Version 1 is the first, so there is nothing to migrate yet. Version 2
-    /// would add an arm `1 => { self.migrate_v1_to_v2()?; self.migrate(2) }`
-    /// whose step rewrites records in bounded transactions, idempotently, and
-    /// writes the new version into `meta` last, so a crash mid-way re-runs it.
+    /// Each step rewrites records idempotently and writes its new version
+    /// into `meta` last (durably), so a crash mid-way re-runs it.
     fn migrate(&self, found: u32) -> Result<(), StoreError> {
         match found {
             SCHEMA_VERSION => Ok(()),
+            1 => {
+                let indexed = accounts::index_existing_tokens(&self.trees)?;
+                self.trees
+                    .meta
+                    .insert(META_SCHEMA_VERSION, &2u32.to_be_bytes())
+                    .map_err(from_sled)?;
+                self.fsync()?;
+                tracing::info!(tokens = indexed, "store migrated from schema 1 to 2");
+                self.migrate(2)
+            }
             _ => Err(StoreError::SchemaVersion {
                 found,
                 expected: SCHEMA_VERSION,
@@ -193,6 +215,12 @@ impl SledStore {
     fn fsync(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(from_sled)?;
         self.files.fsync()
+    }
+
+    /// The shared side of the write gate; a poisoned gate only means a
+    /// writer panicked, and the data is still sled's to vouch for.
+    fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.write_gate.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads a u64 stored under `key` (0 if absent).
@@ -233,6 +261,7 @@ impl SledStore {
 
 impl Store for SledStore {
     fn apply(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let _writing = self.writing();
         batch::apply(&self.trees, ops)
     }
 
@@ -250,6 +279,7 @@ impl Store for SledStore {
         password_hash: &str,
         now_ms: u64,
     ) -> Result<Option<UserRecord>, StoreError> {
+        let _writing = self.writing();
         let created = batch::create_user(&self.trees, username, password_hash, now_ms)?;
         if created.is_some() {
             self.sync()?;
@@ -283,11 +313,8 @@ impl Store for SledStore {
     }
 
     fn put_token(&self, token_hash: &[u8; 32], token: &TokenRecord) -> Result<(), StoreError> {
-        let value = TokenValue::from_record(token).encode_to_vec();
-        self.trees
-            .tokenhash_token
-            .insert(token_hash, value)
-            .map_err(from_sled)?;
+        let _writing = self.writing();
+        accounts::put_token(&self.trees, token_hash, token)?;
         self.sync()
     }
 
@@ -304,10 +331,8 @@ impl Store for SledStore {
     }
 
     fn delete_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
-        self.trees
-            .tokenhash_token
-            .remove(token_hash)
-            .map_err(from_sled)?;
+        let _writing = self.writing();
+        accounts::delete_token(&self.trees, token_hash)?;
         self.sync()
     }
 
@@ -369,6 +394,7 @@ impl Store for SledStore {
         resume: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+        let _writing = self.writing();
         let tree = &self.trees.userclientmsgid_dedupe;
         // `resume` is the last key scanned by the previous call.
         let start = match &resume {
@@ -434,6 +460,63 @@ impl Store for SledStore {
             bodies: self.trees.msgid_body.len() as u64,
             disk_bytes: self.db.size_on_disk().map_err(from_sled)?,
         })
+    }
+
+    fn list_users(&self, after: UserId, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let mut users = Vec::new();
+        for item in self.trees.userid_user.range(u64_key(first)..).take(limit) {
+            let (key, raw) = item.map_err(from_sled)?;
+            let id = decode_u64("user key", &key)?;
+            users.push(decode::<UserValue>("user", &raw)?.into_record(id));
+        }
+        Ok(users)
+    }
+
+    fn set_disabled(&self, user: UserId, disabled: bool) -> Result<bool, StoreError> {
+        let _writing = self.writing();
+        let found = accounts::update_user(&self.trees, user, |u| u.disabled = disabled)?;
+        if found {
+            self.sync()?;
+        }
+        Ok(found)
+    }
+
+    fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<bool, StoreError> {
+        let _writing = self.writing();
+        let found = accounts::update_user(&self.trees, user, |u| {
+            u.password_hash = password_hash.to_owned()
+        })?;
+        if found {
+            self.sync()?;
+        }
+        Ok(found)
+    }
+
+    fn delete_user_tokens(&self, user: UserId, device_id: Option<&str>) -> Result<u64, StoreError> {
+        let _writing = self.writing();
+        let deleted = accounts::delete_user_tokens(&self.trees, user, device_id)?;
+        if deleted > 0 {
+            self.sync()?;
+        }
+        Ok(deleted)
+    }
+
+    fn backup(&self, target: &Path) -> Result<BackupReport, StoreError> {
+        let _exclusive = self.write_gate.write().unwrap_or_else(|p| p.into_inner());
+        backup::copy(&self.db, target)
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        let _writing = self.writing();
+        let now = crate::clock::now_ms();
+        self.trees
+            .meta
+            .insert(META_READY_PROBE, &u64_key(now))
+            .map(drop)
+            .map_err(from_sled)
     }
 }
 

@@ -198,3 +198,85 @@ pub fn everything_survives_reopen_and_seqs_are_never_reused(fx: &mut impl StoreF
         Some(2)
     );
 }
+
+/// The admin's listing pages through users in id order.
+pub fn users_are_listed_in_id_order_by_page(fx: &mut impl StoreFixture) {
+    let store = fx.open();
+    assert!(store.list_users(0, 10).unwrap().is_empty());
+    for name in ["ann", "bob", "cat", "dan"] {
+        store.create_user(name, "h", 1).unwrap().expect(name);
+    }
+    let names = |users: Vec<crate::store::UserRecord>| -> Vec<String> {
+        users.into_iter().map(|u| u.username).collect()
+    };
+    assert_eq!(names(store.list_users(0, 2).unwrap()), ["ann", "bob"]);
+    assert_eq!(names(store.list_users(2, 10).unwrap()), ["cat", "dan"]);
+    assert!(store.list_users(4, 10).unwrap().is_empty());
+    assert!(store.list_users(u64::MAX, 10).unwrap().is_empty());
+    assert!(store.list_users(0, 0).unwrap().is_empty());
+}
+
+/// Disabling, enabling and a new password hash change only that user and
+/// survive a reopen; an unknown user is reported, not created.
+pub fn user_flags_and_password_hash_change_and_persist(fx: &mut impl StoreFixture) {
+    let store = fx.open();
+    let ann = store.create_user("ann", "old", 1).unwrap().expect("ann");
+    let bob = store.create_user("bob", "bobs", 1).unwrap().expect("bob");
+    assert!(store.set_disabled(ann.id, true).unwrap());
+    assert!(store.set_password_hash(ann.id, "new").unwrap());
+    assert!(!store.set_disabled(99, true).unwrap());
+    assert!(!store.set_password_hash(99, "x").unwrap());
+    assert!(store.user(99).unwrap().is_none());
+    drop(store);
+
+    let store = fx.open();
+    let changed = store.user_by_name("ann").unwrap().expect("ann");
+    assert_eq!(
+        (changed.disabled, changed.password_hash.as_str()),
+        (true, "new")
+    );
+    assert_eq!(store.user(bob.id).unwrap(), Some(bob));
+    assert!(store.set_disabled(ann.id, false).unwrap());
+    assert!(!store.user(ann.id).unwrap().expect("ann").disabled);
+}
+
+/// Revoking by user removes every token of that user; by device, only that
+/// device's; other users keep theirs; a replaced token moves users cleanly.
+pub fn user_tokens_are_deleted_by_user_or_device(fx: &mut impl StoreFixture) {
+    let store = fx.open();
+    let token = |user_id, device: &str| TokenRecord {
+        user_id,
+        device_id: device.into(),
+        expires_at_ms: 99,
+    };
+    store.put_token(&[1; 32], &token(1, "phone")).unwrap();
+    store.put_token(&[2; 32], &token(1, "phone")).unwrap();
+    store.put_token(&[3; 32], &token(1, "laptop")).unwrap();
+    store.put_token(&[4; 32], &token(2, "phone")).unwrap();
+    assert_eq!(store.delete_user_tokens(1, Some("phone")).unwrap(), 2);
+    assert!(store.token(&[1; 32]).unwrap().is_none());
+    assert!(store.token(&[2; 32]).unwrap().is_none());
+    assert!(store.token(&[3; 32]).unwrap().is_some());
+    assert_eq!(store.delete_user_tokens(1, Some("phone")).unwrap(), 0);
+    // A logout (single delete) also leaves nothing for a later revoke.
+    store.delete_token(&[3; 32]).unwrap();
+    assert_eq!(store.delete_user_tokens(1, None).unwrap(), 0);
+    // The same hash re-issued to another user belongs to that user only.
+    store.put_token(&[5; 32], &token(1, "tab")).unwrap();
+    store.put_token(&[5; 32], &token(3, "tab")).unwrap();
+    assert_eq!(store.delete_user_tokens(1, None).unwrap(), 0);
+    assert_eq!(store.delete_user_tokens(3, None).unwrap(), 1);
+    assert_eq!(store.token(&[4; 32]).unwrap(), Some(token(2, "phone")));
+    assert_eq!(store.delete_user_tokens(2, None).unwrap(), 1);
+    assert!(store.token(&[4; 32]).unwrap().is_none());
+}
+
+/// The readiness probe's write succeeds on a healthy store and changes
+/// nothing a client can see.
+pub fn check_writable_succeeds_and_is_invisible(fx: &mut impl StoreFixture) {
+    let store = fx.open();
+    store.check_writable().unwrap();
+    assert_eq!(counts(&store), (0, 0));
+    assert_eq!(store.msg_id_floor().unwrap(), 0);
+    assert!(store.list_users(0, 10).unwrap().is_empty());
+}

@@ -27,7 +27,7 @@ type TxError = ConflictableTransactionError<StoreError>;
 type TxResult<T> = Result<T, TxError>;
 
 /// Lifts a decoding result into the transaction: an error aborts it.
-fn tx<T>(result: Result<T, StoreError>) -> TxResult<T> {
+pub(super) fn tx<T>(result: Result<T, StoreError>) -> TxResult<T> {
     result.map_err(ConflictableTransactionError::Abort)
 }
 
@@ -35,7 +35,9 @@ fn corrupt(message: String) -> TxError {
     ConflictableTransactionError::Abort(StoreError::Corrupt(message))
 }
 
-fn finish_tx<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+pub(super) fn finish_tx<T>(
+    result: Result<T, TransactionError<StoreError>>,
+) -> Result<T, StoreError> {
     result.map_err(|e| match e {
         TransactionError::Abort(e) => e,
         TransactionError::Storage(e) => from_sled(e),
