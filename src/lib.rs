@@ -12,15 +12,18 @@
 //! [`Server::open`] wires the modules together; it is the only place that
 //! knows them all. `main.rs` and the integration tests both go through it.
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod service;
 pub mod session;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -28,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use config::Config;
 use gateway::Gateway;
+use metrics::Metrics;
 use service::{Accounts, CommitStats, Committer, CommitterThread, Messaging, MessagingRules};
 use session::{Notifier, SessionRegistry};
 use store::{SledStore, Store};
@@ -49,6 +53,9 @@ pub enum ServerError {
     /// The certificate or key would not load.
     #[error(transparent)]
     Tls(#[from] gateway::tls::TlsError),
+    /// The admin listener would not start.
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
     /// The listener would not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -66,6 +73,10 @@ pub struct Server {
     store: Arc<dyn Store>,
     committer_thread: CommitterThread,
     config: Config,
+    metrics: Arc<Metrics>,
+    /// True while the public listener accepts (readiness).
+    serving: Arc<AtomicBool>,
+    admin: Option<admin::AdminServer>,
 }
 
 impl Server {
@@ -83,13 +94,17 @@ impl Server {
         );
         let registry = Arc::new(SessionRegistry::new(config.accounts.kick_policy));
         let notifier: Arc<dyn Notifier> = registry.clone();
-        let (committer, committer_thread) =
-            Committer::start(store.clone(), notifier, config.messaging.max_batch).map_err(
-                |source| ServerError::Store {
-                    dir: config.data_dir.display().to_string(),
-                    source,
-                },
-            )?;
+        let metrics = Arc::new(Metrics::default());
+        let (committer, committer_thread) = Committer::start(
+            store.clone(),
+            notifier,
+            config.messaging.max_batch,
+            metrics.clone(),
+        )
+        .map_err(|source| ServerError::Store {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
         let m = &config.messaging;
         let rules = MessagingRules {
             max_content_bytes: config.limits.max_content_bytes as usize,
@@ -113,6 +128,7 @@ impl Server {
             registry,
             limits: config.limits.clone(),
             timeouts: config.timeouts.clone(),
+            metrics: metrics.clone(),
         });
         Ok(Server {
             gateway,
@@ -120,7 +136,48 @@ impl Server {
             store,
             committer_thread,
             config,
+            metrics,
+            serving: Arc::new(AtomicBool::new(false)),
+            admin: None,
         })
+    }
+
+    /// Start the admin listener if `admin.listen` is set, creating the
+    /// token file if it is missing; returns the bound address. Before
+    /// [`Server::serve`] runs, `/readyz` answers 503. Calling it again
+    /// returns the running listener's address.
+    pub async fn start_admin(&mut self) -> Result<Option<SocketAddr>, ServerError> {
+        if let Some(admin) = &self.admin {
+            return Ok(Some(admin.addr()));
+        }
+        let Some(addr) = self.config.admin.listen else {
+            return Ok(None);
+        };
+        let token_path = self.config.admin.token_path(&self.config.data_dir);
+        let token = admin::token::load_or_create(&token_path)?;
+        let context = admin::Context::new(
+            self.store.clone(),
+            self.gateway.accounts.clone(),
+            self.messaging.clone(),
+            self.gateway.registry.clone(),
+            self.metrics.clone(),
+            self.serving.clone(),
+            token,
+        );
+        let server = admin::AdminServer::start(addr, Arc::new(context)).await?;
+        let bound = server.addr();
+        self.admin = Some(server);
+        Ok(Some(bound))
+    }
+
+    /// The admin listener's address, once [`Server::start_admin`] bound it.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(admin::AdminServer::addr)
+    }
+
+    /// The server's counters (what `/metrics` renders).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Bind the configured listen address with the configured backlog.
@@ -143,7 +200,7 @@ impl Server {
     /// Serve on `listener` until `shutdown` is cancelled: stop accepting,
     /// let every connection finish its in-flight requests and close (with a
     /// SERVER_SHUTDOWN kick), then drain the writer and sync the store.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+    pub async fn serve(mut self, listener: TcpListener, shutdown: CancellationToken) {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, data_dir = %self.config.data_dir.display(), "serving");
         }
@@ -154,10 +211,22 @@ impl Server {
             self.config.messaging.dedupe_window,
             shutdown.clone(),
         ));
+        // Ready from here until shutdown begins (the admin's /readyz).
+        self.serving.store(true, Ordering::Release);
+        let serving = self.serving.clone();
+        let unready = shutdown.clone();
+        tokio::spawn(async move {
+            unready.cancelled().await;
+            serving.store(false, Ordering::Release);
+        });
         self.gateway.clone().serve(listener, shutdown).await;
         // The collector stops on the same token; a panic in it is a bug to log.
         if let Err(e) = collector.await {
             tracing::error!(error = %e, "the collector task failed");
+        }
+        // The admin holds the message path too: stop it before the writer.
+        if let Some(admin) = self.admin.take() {
+            admin.stop().await;
         }
         let Server {
             gateway,
@@ -178,8 +247,9 @@ impl Server {
 
 /// Open, bind the configured address and serve until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let server = Server::open(config)?;
+    let mut server = Server::open(config)?;
     let listener = server.bind()?;
+    server.start_admin().await?;
     server.serve(listener, shutdown).await;
     Ok(())
 }

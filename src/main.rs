@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pigeon_server::config::Config;
+use pigeon_server::config::{self, Config, Overrides};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -25,6 +26,25 @@ enum Command {
     /// Serve clients. With no flags: 127.0.0.1:7443, data in ./pigeon-data,
     /// the embedded development certificate.
     Serve(ServeArgs),
+    /// Check a config file, or print the default one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Administer the running server through its admin endpoint.
+    Admin(pigeon_server::admin::cli::AdminArgs),
+    /// Copy the store consistently into a new directory (running or stopped).
+    Backup(pigeon_server::admin::cli::BackupArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check FILE as `serve --config FILE` would (without the environment):
+    /// exit 0 if it is usable, otherwise print what is wrong and exit 1.
+    Check {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+    /// Print the complete default config, every key commented.
+    Default,
 }
 
 #[derive(clap::Args)]
@@ -44,31 +64,61 @@ struct ServeArgs {
     /// PEM private key (needs --cert).
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// Admin listener address, or "off".
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_admin)]
+    admin: Option<AdminListen>,
     /// Log as JSON lines instead of human text.
     #[arg(long)]
     log_json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    // Errors are for operators: the message chain, not a backtrace.
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("pigeond: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Admin(args) => Ok(pigeon_server::admin::cli::run_admin(args)?),
+        Command::Backup(args) => Ok(pigeon_server::admin::cli::run_backup(args)?),
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = Config::from_file(&file)?;
+            config.validate()?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", config::keys::default_toml());
+            Ok(())
+        }
     }
+}
+
+/// `--admin`'s value: an address or off (clap treats a bare
+/// `Option<Option<_>>` as an optional flag value, hence the wrapper).
+#[derive(Clone)]
+struct AdminListen(Option<SocketAddr>);
+
+fn parse_admin(text: &str) -> Result<AdminListen, String> {
+    config::parse_admin_listen(text).map(AdminListen)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_json);
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(listen) = args.listen {
-        config.listen = listen;
+    Overrides {
+        listen: args.listen,
+        data_dir: args.data,
+        tls_cert: args.cert,
+        tls_key: args.key,
+        admin_listen: args.admin.map(|a| a.0),
     }
-    if let Some(data) = args.data {
-        config.data_dir = data;
-    }
-    if let (Some(cert), Some(key)) = (args.cert, args.key) {
-        config.tls.cert = Some(cert);
-        config.tls.key = Some(key);
-    }
+    .apply(&mut config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::Durability;
 
+pub mod duration_text;
+pub mod keys;
+
 /// Everything pigeond can be told.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,7 +44,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Admin {
-    /// Where the admin listener binds; unset switches it off.
+    /// Where the admin listener binds; `None` (written "off") switches it
+    /// off.
+    #[serde(with = "admin_listen")]
     pub listen: Option<SocketAddr>,
     /// File holding the bearer token; created with a random token (mode
     /// 0600) if missing. Unset: `admin.token` in the data directory.
@@ -251,27 +256,72 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The TOML did not parse or named an unknown key.
+    /// The file is not valid TOML.
     #[error("config file {path}: {message}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message (it names the key and line).
+        /// The parser's message (it names the line).
         message: String,
     },
-    /// A value is out of its allowed range.
+    /// The file names a key pigeond does not have.
+    #[error("config file {path}: unknown key `{key}` (`pigeond config default` lists every key)")]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key name as written.
+        key: String,
+    },
+    /// A value is malformed or out of its allowed range.
     #[error("config key `{key}`: {problem}")]
     Invalid {
         /// Dotted key name, e.g. `timeouts.idle`.
         key: &'static str,
-        /// What is wrong with it.
+        /// What is wrong with it (and where it came from, if not the file).
         problem: String,
     },
 }
 
+/// Settings given as command-line flags: the last word over the file and
+/// the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `listen`.
+    pub listen: Option<SocketAddr>,
+    /// `data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `tls.cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls.key`.
+    pub tls_key: Option<PathBuf>,
+    /// `admin.listen`; `Some(None)` switches the admin listener off.
+    pub admin_listen: Option<Option<SocketAddr>>,
+}
+
+impl Overrides {
+    /// Write every flag that was given over `config`.
+    pub fn apply(self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(data_dir) = self.data_dir {
+            config.data_dir = data_dir;
+        }
+        if let Some(cert) = self.tls_cert {
+            config.tls.cert = Some(cert);
+        }
+        if let Some(key) = self.tls_key {
+            config.tls.key = Some(key);
+        }
+        if let Some(admin) = self.admin_listen {
+            config.admin.listen = admin;
+        }
+    }
+}
+
 impl Config {
     /// Defaults, overridden by the TOML file if one is given, then by
-    /// `PIGEON_*` variables from `env`.
+    /// `PIGEON_*` variables from `env`. Flags come last: [`Overrides::apply`].
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -290,42 +340,112 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+        Config::from_toml(&text, path)
     }
 
-    /// Apply the environment overrides: PIGEON_LISTEN, PIGEON_DATA_DIR,
-    /// PIGEON_TLS_CERT, PIGEON_TLS_KEY, PIGEON_DURABILITY,
-    /// PIGEON_REGISTRATION_ENABLED. Other PIGEON_* names are ignored here
-    /// because clients (the CLI) share the prefix.
+    /// Parse TOML text read from `path`. Every key is checked on its own
+    /// first, so an error names the dotted key rather than a parser position.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let mut leaves = Vec::new();
+        for (name, value) in &table {
+            let Some(section) = keys::section(name) else {
+                leaves.push((name.clone(), value));
+                continue;
+            };
+            let Some(entries) = value.as_table() else {
+                return Err(ConfigError::Invalid {
+                    key: section,
+                    problem: format!("must be a table, written [{section}]"),
+                });
+            };
+            leaves.extend(entries.iter().map(|(k, v)| (format!("{name}.{k}"), v)));
+        }
+        for (key, value) in leaves {
+            let Some(doc) = keys::find(&key) else {
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_owned(),
+                    key,
+                });
+            };
+            Config::with_value(Config::default(), doc.key, value.clone()).map_err(|problem| {
+                ConfigError::Invalid {
+                    key: doc.key,
+                    problem,
+                }
+            })?;
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.message().to_owned(),
+            })
+    }
+
+    /// Apply the environment: each key's variable (see [`keys::env_name`],
+    /// e.g. `PIGEON_TIMEOUTS_SHUTDOWN`) overrides it. Other `PIGEON_*`
+    /// names are ignored because the clients (the CLI) share the prefix.
     pub fn apply_env(
         &mut self,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
-        for (name, value) in env {
-            match name.as_str() {
-                "PIGEON_LISTEN" => self.listen = parse_value("listen", &value)?,
-                "PIGEON_DATA_DIR" => self.data_dir = PathBuf::from(value),
-                "PIGEON_TLS_CERT" => self.tls.cert = Some(PathBuf::from(value)),
-                "PIGEON_TLS_KEY" => self.tls.key = Some(PathBuf::from(value)),
-                "PIGEON_DURABILITY" => {
-                    self.messaging.durability = toml::Value::String(value.clone())
-                        .try_into()
-                        .map_err(|_| ConfigError::Invalid {
-                            key: "messaging.durability",
-                            problem: format!("`{value}` is not fsync, flush or buffered"),
-                        })?
+        for (name, text) in env {
+            let Some(doc) = keys::by_env(&name) else {
+                continue;
+            };
+            let value = self.env_value(doc.key, &text);
+            *self = Config::with_value(self.clone(), doc.key, value).map_err(|problem| {
+                ConfigError::Invalid {
+                    key: doc.key,
+                    problem: format!("{problem} (from {name})"),
                 }
-                "PIGEON_REGISTRATION_ENABLED" => {
-                    self.accounts.registration_enabled =
-                        parse_value("accounts.registration_enabled", &value)?
-                }
-                _ => {}
-            }
+            })?;
         }
         Ok(())
+    }
+
+    /// An environment string as the TOML value the key expects: numbers and
+    /// booleans where the key holds one, text everywhere else.
+    fn env_value(&self, key: &str, text: &str) -> toml::Value {
+        let current = toml::Value::try_from(self.clone())
+            .ok()
+            .and_then(|v| lookup(&v, key).cloned());
+        let parsed = match current {
+            Some(toml::Value::Integer(_)) => text.trim().parse().map(toml::Value::Integer).ok(),
+            Some(toml::Value::Boolean(_)) => text.trim().parse().map(toml::Value::Boolean).ok(),
+            _ => None,
+        };
+        // Unparsable numbers stay text, so the error below says what was given.
+        parsed.unwrap_or_else(|| toml::Value::String(text.to_owned()))
+    }
+
+    /// `config` with one dotted key replaced; the error is the problem with
+    /// the value.
+    fn with_value(config: Config, key: &str, value: toml::Value) -> Result<Config, String> {
+        let mut table = toml::Table::try_from(config).map_err(|e| e.to_string())?;
+        match key.split_once('.') {
+            Some((section, name)) => {
+                let section = table
+                    .entry(section)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let Some(section) = section.as_table_mut() else {
+                    return Err(format!("`{section}` must be a table"));
+                };
+                section.insert(name.to_owned(), value.clone());
+            }
+            None => {
+                table.insert(key.to_owned(), value.clone());
+            }
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("{value}: {}", e.message().trim()))
     }
 
     /// Check every value's range; the error names the key.
@@ -339,6 +459,11 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert", "tls.cert and tls.key must be set together");
         }
+        for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if let Some(path) = path {
+                readable_file(path).map_err(|problem| ConfigError::Invalid { key, problem })?;
+            }
+        }
         let limits = &self.limits;
         if limits.max_frame_bytes < 1024 {
             return invalid("limits.max_frame_bytes", "must be at least 1024");
@@ -350,11 +475,14 @@ impl Config {
                 "must be above 0 and at least 1 KiB below limits.max_frame_bytes",
             );
         }
-        if limits.outbound_queue == 0 || limits.max_connections == 0 || limits.max_pull == 0 {
-            return invalid(
-                "limits",
-                "outbound_queue, max_connections and max_pull must be above 0",
-            );
+        for (key, value) in [
+            ("limits.outbound_queue", limits.outbound_queue),
+            ("limits.max_connections", limits.max_connections),
+            ("limits.max_pull", limits.max_pull as usize),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be above 0");
+            }
         }
         let t = &self.timeouts;
         for (key, value) in [
@@ -395,139 +523,64 @@ impl Config {
     }
 }
 
-fn parse_value<T: std::str::FromStr>(key: &'static str, value: &str) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    value.parse().map_err(|e: T::Err| ConfigError::Invalid {
-        key,
-        problem: format!("`{value}`: {e}"),
-    })
+/// Whether `path` is a file this process can open for reading; the error
+/// names the path.
+fn readable_file(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a file"));
+    }
+    Ok(())
 }
 
-/// Durations as human text ("250ms", "10s", "5m", "24h", "7d").
-pub mod duration_text {
-    use std::time::Duration;
+/// A dotted key's value inside a serialized config.
+fn lookup<'a>(config: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
+    key.split('.')
+        .try_fold(config, |value, part| value.get(part))
+}
+
+/// Parse an admin listen value: an address, or "off".
+pub fn parse_admin_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text.trim() {
+        ADMIN_OFF => Ok(None),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("neither an address (IP:PORT) nor \"{ADMIN_OFF}\": {e}")),
+    }
+}
+
+/// How `admin.listen` is switched off in TOML, the environment and `--admin`.
+pub const ADMIN_OFF: &str = "off";
+
+/// `admin.listen` as text: an address, or "off" for none (TOML has no null,
+/// and the default is on).
+mod admin_listen {
+    use std::net::SocketAddr;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    /// Parse "250ms", "10s", "5m", "24h" or "7d".
-    pub fn parse(text: &str) -> Result<Duration, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("`{text}` has no unit (ms, s, m, h or d)"))?;
-        let (number, unit) = text.split_at(split);
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-        let millis = match unit {
-            "ms" => Some(n),
-            "s" => n.checked_mul(1000),
-            "m" => n.checked_mul(60_000),
-            "h" => n.checked_mul(3_600_000),
-            "d" => n.checked_mul(86_400_000),
-            _ => return Err(format!("`{text}`: unit must be ms, s, m, h or d")),
-        };
-        millis
-            .map(Duration::from_millis)
-            .ok_or_else(|| format!("`{text}` is too long"))
-    }
-
-    /// The shortest exact text for a duration.
-    pub fn format(d: Duration) -> String {
-        let ms = d.as_millis() as u64;
-        for (unit, size) in [
-            ("d", 86_400_000),
-            ("h", 3_600_000),
-            ("m", 60_000),
-            ("s", 1000),
-        ] {
-            if ms != 0 && ms.is_multiple_of(size) {
-                return format!("{}{unit}", ms / size);
-            }
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(super::ADMIN_OFF),
         }
-        format!("{ms}ms")
     }
 
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(*d))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
         let text = String::deserialize(d)?;
-        parse(&text).map_err(serde::de::Error::custom)
+        super::parse_admin_listen(&text).map_err(serde::de::Error::custom)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_follow_the_design() {
-        let c = Config::default();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:7443");
-        assert_eq!(c.data_dir, PathBuf::from("pigeon-data"));
-        assert_eq!(c.messaging.durability, Durability::Fsync);
-        assert_eq!(c.timeouts.heartbeat_interval, Duration::from_secs(30));
-        assert_eq!(c.timeouts.idle, Duration::from_secs(75));
-        c.validate().unwrap();
-    }
-
-    #[test]
-    fn durations_parse_and_format() {
-        assert_eq!(
-            duration_text::parse("250ms").unwrap(),
-            Duration::from_millis(250)
-        );
-        assert_eq!(
-            duration_text::parse("7d").unwrap(),
-            Duration::from_secs(7 * 86_400)
-        );
-        assert!(duration_text::parse("10").is_err());
-        assert!(duration_text::parse("10y").is_err());
-        assert!(duration_text::parse("99999999999999999d").is_err());
-        assert_eq!(duration_text::format(Duration::from_secs(90)), "90s");
-        assert_eq!(duration_text::format(Duration::from_millis(1500)), "1500ms");
-    }
-
-    #[test]
-    fn file_overrides_and_unknown_keys_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pigeon.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:9000\"\n[timeouts]\nidle = \"2m\"\n",
-        )
-        .unwrap();
-        let c = Config::load(Some(&path), []).unwrap();
-        assert_eq!(c.listen.port(), 9000);
-        assert_eq!(c.timeouts.idle, Duration::from_secs(120));
-        assert_eq!(c.timeouts.login, Duration::from_secs(10));
-
-        std::fs::write(&path, "[timeouts]\nidel = \"2m\"\n").unwrap();
-        let err = Config::load(Some(&path), []).unwrap_err().to_string();
-        assert!(err.contains("idel"), "{err}");
-    }
-
-    #[test]
-    fn env_overrides_the_file_and_bad_values_name_the_key() {
-        let env = [("PIGEON_LISTEN".to_string(), "127.0.0.1:1".to_string())];
-        assert_eq!(Config::load(None, env).unwrap().listen.port(), 1);
-        let env = [("PIGEON_DURABILITY".to_string(), "sometimes".to_string())];
-        let err = Config::load(None, env).unwrap_err().to_string();
-        assert!(err.contains("messaging.durability"), "{err}");
-    }
-
-    #[test]
-    fn validation_names_the_key() {
-        let mut c = Config::default();
-        c.timeouts.idle = c.timeouts.heartbeat_interval;
-        let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("timeouts.idle"), "{err}");
-        let mut c = Config::default();
-        c.tls.cert = Some("x.pem".into());
-        assert!(c.validate().unwrap_err().to_string().contains("tls.cert"));
-    }
-}
+mod tests;

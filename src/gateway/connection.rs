@@ -45,6 +45,7 @@ pub enum Outbound {
 
 /// Serve one accepted TCP connection to the end.
 pub async fn run(stream: TcpStream, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    let _open = gateway.metrics.connection_opened();
     let handshake = timeout(gateway.timeouts.handshake, gateway.acceptor.accept(stream)).await;
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
@@ -62,6 +63,7 @@ pub async fn run(stream: TcpStream, gateway: Arc<Gateway>, shutdown: Cancellatio
     let write_timeout = gateway.timeouts.write;
     let session = Session::new(gateway.clone(), outbound, signal.clone());
     let write = write_loop(
+        gateway.metrics.clone(),
         writer,
         queue,
         signal,
@@ -122,7 +124,10 @@ async fn read_loop(
                 tracing::debug!(error = %e, "read failed");
                 Flow::Close
             }
-            Ok(Some(Ok(envelope))) => session.dispatch(envelope).await,
+            Ok(Some(Ok(envelope))) => {
+                session.gateway().metrics.frame_in(&envelope);
+                session.dispatch(envelope).await
+            }
         };
         if flow == Flow::Close {
             break;
@@ -137,6 +142,7 @@ async fn read_loop(
 }
 
 async fn write_loop(
+    metrics: Arc<crate::metrics::Metrics>,
     mut sink: Writer,
     mut queue: mpsc::Receiver<Outbound>,
     signal: Arc<SessionSignal>,
@@ -174,6 +180,7 @@ async fn write_loop(
         // Any fatal error ends the connection, whichever path produced it.
         let close = close || matches!(&envelope.body, Some(Body::Error(e)) if e.fatal);
         let flush = close || queue.is_empty();
+        metrics.frame_out(&envelope);
         if write(&mut sink, envelope, flush, write_timeout)
             .await
             .is_err()

@@ -194,7 +194,10 @@ impl Session {
             .await
         {
             Ok(auth) => auth,
-            Err(e) => return self.answer_service(id, Err(e)).await,
+            Err(e) => {
+                self.gateway.metrics.login_failures.inc();
+                return self.answer_service(id, Err(e)).await;
+            }
         };
         match self
             .start_session(auth.user.id, &request.device_id, platform)
@@ -206,6 +209,7 @@ impl Session {
                 span.record("user_id", auth.user.id);
                 span.record("device", request.device_id.as_str());
                 tracing::info!(platform = ?platform, "logged in");
+                self.gateway.metrics.logins.inc();
                 self.login = Some(Login {
                     token_hash: auth.token_hash,
                     ..login
@@ -225,8 +229,7 @@ impl Session {
         platform: Platform,
     ) -> Result<(Login, u64, u64), ServiceError> {
         let registry = &self.gateway.registry;
-        let registration =
-            registry.register(user, device_id, platform.class(), self.signal.clone());
+        let registration = registry.register(user, device_id, platform, self.signal.clone());
         let caller = Caller {
             user,
             device_id: device_id.to_owned(),

@@ -59,6 +59,8 @@ pub struct Gateway {
     pub limits: Limits,
     /// Deadlines.
     pub timeouts: Timeouts,
+    /// Counters; only observed, never consulted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Gateway {

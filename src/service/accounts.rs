@@ -71,6 +71,12 @@ impl Accounts {
         if !self.registration_enabled {
             return Err(ServiceError::RegistrationDisabled);
         }
+        self.create(username, password).await.map(|user| user.id)
+    }
+
+    /// Create an account for the operator: allowed even when self-service
+    /// registration is off. Durable when it returns.
+    pub async fn create(&self, username: &str, password: &str) -> Result<UserRecord, ServiceError> {
         validate_username(username)?;
         validate_password(password)?;
         if self.store.user_by_name(username)?.is_some() {
@@ -80,9 +86,45 @@ impl Accounts {
         let store = self.store.clone();
         let name = username.to_owned();
         let created = blocking(move || store.create_user(&name, &hash, now_ms())).await?;
-        created
-            .map(|user| user.id)
-            .ok_or_else(|| ServiceError::UsernameTaken(username.to_owned()))
+        created.ok_or_else(|| ServiceError::UsernameTaken(username.to_owned()))
+    }
+
+    /// Give a user a new password and revoke every token they hold, so
+    /// only the new password logs in. Returns the tokens revoked; `None`
+    /// if there is no such user. Durable when it returns.
+    pub async fn reset_password(
+        &self,
+        user: UserId,
+        password: &str,
+    ) -> Result<Option<u64>, ServiceError> {
+        validate_password(password)?;
+        let hash = self.hash(password.to_owned()).await?;
+        let store = self.store.clone();
+        blocking(move || {
+            if !store.set_password_hash(user, &hash)? {
+                return Ok(None);
+            }
+            store.delete_user_tokens(user, None).map(Some)
+        })
+        .await
+    }
+
+    /// Disable (no login, by password or token) or enable a user; false if
+    /// there is no such user. Durable when it returns.
+    pub async fn set_disabled(&self, user: UserId, disabled: bool) -> Result<bool, ServiceError> {
+        let store = self.store.clone();
+        blocking(move || store.set_disabled(user, disabled)).await
+    }
+
+    /// Revoke every token of a user, or of one device; returns how many.
+    /// Durable when it returns.
+    pub async fn revoke_tokens(
+        &self,
+        user: UserId,
+        device_id: Option<String>,
+    ) -> Result<u64, ServiceError> {
+        let store = self.store.clone();
+        blocking(move || store.delete_user_tokens(user, device_id.as_deref())).await
     }
 
     /// Check a credential for `device_id`; on password login, issue a token.

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
 use crate::session::Notifier;
 use crate::store::{MsgId, Store, StoreError, WriteOp, WriteOutcome, MSG_ID_COUNTER_BITS};
 
@@ -81,6 +82,7 @@ impl Committer {
         store: Arc<dyn Store>,
         notifier: Arc<dyn Notifier>,
         max_batch: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<(Committer, CommitterThread), StoreError> {
         let floor = store.msg_id_floor()?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -91,6 +93,7 @@ impl Committer {
             max_batch,
             ids: MsgIdGenerator::new(floor),
             stats: stats.clone(),
+            metrics,
         };
         let handle = std::thread::Builder::new()
             .name("pigeon-committer".into())
@@ -135,6 +138,16 @@ impl Committer {
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
+    }
+
+    /// Whether the writer thread still takes jobs.
+    pub fn is_running(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+
+    /// Jobs waiting for the writer thread now.
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
     }
 
     /// Group-commit counters.
@@ -185,6 +198,7 @@ struct Writer {
     max_batch: usize,
     ids: MsgIdGenerator,
     stats: Arc<CommitStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
@@ -239,14 +253,17 @@ impl Writer {
             if sends > 0 {
                 let started = Instant::now();
                 self.store.sync()?;
+                let elapsed = started.elapsed();
+                self.metrics.flush_seconds.observe(elapsed.as_secs_f64());
                 self.stats
                     .sync_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             }
             Ok(outcomes)
         });
         let ops = batch.ops.len() as u64;
+        self.metrics.batch_ops.observe(ops as f64);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.sends.fetch_add(sends, Ordering::Relaxed);
         self.stats.ops.fetch_add(ops, Ordering::Relaxed);

@@ -6,10 +6,10 @@
 //! can later sit behind the same interface.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use pigeon_protocol::{KickReason, PlatformClass};
+use pigeon_protocol::{KickReason, Platform, PlatformClass};
 
 use crate::config::KickPolicy;
 use crate::store::{Seq, UserId};
@@ -82,6 +82,7 @@ impl SessionSignal {
 
 struct Entry {
     device_id: Arc<str>,
+    platform: Platform,
     class: PlatformClass,
     generation: u64,
     signal: Arc<SessionSignal>,
@@ -92,6 +93,18 @@ pub struct SessionRegistry {
     users: Mutex<HashMap<UserId, Vec<Entry>>>,
     next_generation: AtomicU64,
     policy: KickPolicy,
+    /// Live sessions per platform number, changed only under `users`' lock
+    /// so they always match the map; read without it (metrics, stats).
+    by_platform: [AtomicI64; PLATFORM_SLOTS],
+}
+
+/// Platform numbers counted one by one; higher ones share the last slot.
+const PLATFORM_SLOTS: usize = 8;
+
+fn platform_slot(platform: Platform) -> usize {
+    usize::try_from(platform as i32)
+        .unwrap_or(PLATFORM_SLOTS - 1)
+        .min(PLATFORM_SLOTS - 1)
 }
 
 /// A session's registration: needed to remove exactly this one later.
@@ -113,6 +126,7 @@ impl SessionRegistry {
             users: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             policy,
+            by_platform: Default::default(),
         }
     }
 
@@ -122,9 +136,10 @@ impl SessionRegistry {
         &self,
         user: UserId,
         device_id: &str,
-        class: PlatformClass,
+        platform: Platform,
         signal: Arc<SessionSignal>,
     ) -> Registration {
+        let class = platform.class();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let device_id: Arc<str> = Arc::from(device_id);
         let mut kicked = Vec::new();
@@ -140,10 +155,13 @@ impl SessionRegistry {
                     return true;
                 };
                 kicked.push((old.signal.clone(), reason, old.device_id.clone()));
+                self.counted(old.platform, -1);
                 false
             });
+            self.counted(platform, 1);
             sessions.push(Entry {
                 device_id: device_id.clone(),
+                platform,
                 class,
                 generation,
                 signal,
@@ -169,7 +187,13 @@ impl SessionRegistry {
         let Some(sessions) = users.get_mut(&registration.user) else {
             return;
         };
-        sessions.retain(|s| s.generation != registration.generation);
+        sessions.retain(|s| {
+            let gone = s.generation == registration.generation;
+            if gone {
+                self.counted(s.platform, -1);
+            }
+            !gone
+        });
         if sessions.is_empty() {
             users.remove(&registration.user);
         }
@@ -185,6 +209,7 @@ impl SessionRegistry {
             let hit = device_id.is_none_or(|d| *s.device_id == *d);
             if hit {
                 s.signal.kick(kick.clone());
+                self.counted(s.platform, -1);
             }
             !hit
         });
@@ -195,11 +220,33 @@ impl SessionRegistry {
 
     /// Kick every session (server shutdown).
     pub fn kick_all(&self, kick: Kick) {
-        let users =
-            std::mem::take(&mut *self.users.lock().expect("registry lock is never poisoned"));
+        let users = {
+            let mut users = self.users.lock().expect("registry lock is never poisoned");
+            for count in &self.by_platform {
+                count.store(0, Ordering::Relaxed);
+            }
+            std::mem::take(&mut *users)
+        };
         for entry in users.into_values().flatten() {
             entry.signal.kick(kick.clone());
         }
+    }
+
+    /// Live sessions per platform number, for metrics and the admin's stats.
+    pub fn sessions_by_platform(&self) -> Vec<(i32, u64)> {
+        self.by_platform
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, n)| {
+                let n = u64::try_from(n.load(Ordering::Relaxed)).ok()?;
+                Some((i32::try_from(slot).ok()?, n))
+            })
+            .collect()
+    }
+
+    /// Call only with the `users` lock held, so counts match the map.
+    fn counted(&self, platform: Platform, delta: i64) {
+        self.by_platform[platform_slot(platform)].fetch_add(delta, Ordering::Relaxed);
     }
 
     /// The device ids with a live session for a user.
@@ -238,7 +285,53 @@ mod tests {
         class: PlatformClass,
     ) -> (Registration, Arc<SessionSignal>) {
         let signal = SessionSignal::new();
-        (r.register(user, device, class, signal.clone()), signal)
+        let platform = match class {
+            PlatformClass::Mobile => Platform::Ios,
+            PlatformClass::Desktop => Platform::Desktop,
+            PlatformClass::Web => Platform::Web,
+        };
+        (r.register(user, device, platform, signal.clone()), signal)
+    }
+
+    fn count_of(r: &SessionRegistry, platform: Platform) -> u64 {
+        let found = r.sessions_by_platform().into_iter();
+        found
+            .filter(|(p, _)| *p == platform as i32)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    #[test]
+    fn sessions_are_counted_by_platform_through_every_exit() {
+        let r = SessionRegistry::new(KickPolicy::PlatformClass);
+        let (phone, _) = register(&r, 1, "phone", PlatformClass::Mobile);
+        register(&r, 1, "laptop", PlatformClass::Desktop);
+        register(&r, 2, "web", PlatformClass::Web);
+        assert_eq!(count_of(&r, Platform::Ios), 1);
+        // Replaced by a newer login of the same class: still one.
+        register(&r, 1, "tablet", PlatformClass::Mobile);
+        assert_eq!(count_of(&r, Platform::Ios), 1);
+        r.unregister(&phone); // stale: already gone, nothing to subtract
+        assert_eq!(count_of(&r, Platform::Ios), 1);
+        r.kick_user(
+            1,
+            None,
+            Kick {
+                reason: KickReason::Revoked,
+                message: String::new(),
+            },
+        );
+        assert_eq!(
+            (count_of(&r, Platform::Ios), count_of(&r, Platform::Desktop)),
+            (0, 0)
+        );
+        assert_eq!(count_of(&r, Platform::Web), 1);
+        r.kick_all(Kick {
+            reason: KickReason::ServerShutdown,
+            message: String::new(),
+        });
+        assert_eq!(count_of(&r, Platform::Web), 0);
+        assert_eq!(r.session_count(), 0);
     }
 
     #[test]

@@ -1,0 +1,255 @@
+//! The one table of config keys: dotted name, what it means, and (for keys
+//! unset by default) an example. `pigeond config default`, the environment
+//! names and the unknown-key check all come from it, and a test holds it
+//! equal to the keys `Config` actually serializes, so the documentation
+//! cannot drift from the code.
+
+use super::Config;
+
+/// One documented key.
+pub struct KeyDoc {
+    /// Dotted name as written in TOML, e.g. `timeouts.idle`.
+    pub key: &'static str,
+    /// What it means; lines become `# ` comments.
+    pub doc: &'static str,
+    /// For a key that is unset by default: an example value (TOML), printed
+    /// commented out.
+    pub example: Option<&'static str>,
+}
+
+/// The TOML tables, in output order, with what each holds.
+pub const SECTIONS: &[(&str, &str)] = &[
+    (
+        "tls",
+        "Certificate and key (PEM): both or neither. Neither means the embedded\n\
+         development certificate for localhost, which no real client should trust.",
+    ),
+    ("limits", "Size and count limits."),
+    (
+        "timeouts",
+        "Deadlines of the connection lifecycle and of shutdown.",
+    ),
+    ("accounts", "Accounts and login."),
+    (
+        "messaging",
+        "Message storage, dedupe and garbage collection.",
+    ),
+    (
+        "admin",
+        "The admin listener: /metrics, /healthz, /readyz and the admin API over\n\
+         loopback HTTP with a bearer token. Never on the public port.",
+    ),
+];
+
+const fn key(key: &'static str, doc: &'static str) -> KeyDoc {
+    KeyDoc {
+        key,
+        doc,
+        example: None,
+    }
+}
+
+const fn unset(key: &'static str, doc: &'static str, example: &'static str) -> KeyDoc {
+    KeyDoc {
+        key,
+        doc,
+        example: Some(example),
+    }
+}
+
+/// Every key, in output order: top-level keys first, then by section.
+pub const KEYS: &[KeyDoc] = &[
+    key("listen", "Address of the public TLS listener (--listen)."),
+    key(
+        "data_dir",
+        "Where the store keeps its files; one pigeond per directory (--data).",
+    ),
+    unset(
+        "tls.cert",
+        "PEM certificate chain, leaf first (--cert). Must be readable at start.",
+        "\"/etc/pigeon/fullchain.pem\"",
+    ),
+    unset(
+        "tls.key",
+        "PEM private key: PKCS#8, PKCS#1 or SEC1 (--key). Must be readable at start.",
+        "\"/etc/pigeon/privkey.pem\"",
+    ),
+    key(
+        "limits.max_frame_bytes",
+        "Largest frame accepted or sent, in bytes; a bigger frame is refused\n\
+         before its body is read.",
+    ),
+    key(
+        "limits.max_content_bytes",
+        "Largest message content, in bytes; at least 1 KiB below max_frame_bytes.",
+    ),
+    key(
+        "limits.max_connections",
+        "Connections beyond this are closed right after accept.",
+    ),
+    key("limits.backlog", "The listen backlog."),
+    key(
+        "limits.outbound_queue",
+        "Answers queued per connection; when full, the connection stops reading\n\
+         requests until the peer catches up.",
+    ),
+    key("limits.max_pull", "Most entries one pull returns."),
+    key(
+        "timeouts.handshake",
+        "From accept to the end of the TLS handshake.",
+    ),
+    key(
+        "timeouts.login",
+        "From the end of the handshake to a successful login.",
+    ),
+    key(
+        "timeouts.heartbeat_interval",
+        "How often clients are told to send a Ping.",
+    ),
+    key(
+        "timeouts.idle",
+        "A connection silent for this long is closed; above heartbeat_interval.",
+    ),
+    key(
+        "timeouts.write",
+        "A peer that does not take a write this fast is dropped.",
+    ),
+    key(
+        "timeouts.shutdown",
+        "After SIGTERM: how long connections get to finish the requests they\n\
+         already sent before they are dropped; then the store is flushed.\n\
+         Keep systemd's TimeoutStopSec above it.",
+    ),
+    key(
+        "accounts.registration_enabled",
+        "Whether clients may create accounts.",
+    ),
+    key("accounts.token_ttl", "Lifetime of a login token."),
+    key(
+        "accounts.kick_policy",
+        "Which older sessions a new login replaces: \"platform_class\" (one per\n\
+         device id and one per mobile/desktop/web) or \"device\" (one per device id).",
+    ),
+    key(
+        "accounts.max_concurrent_hashes",
+        "Password hashes computed at once (each ~19 MiB and a core for tens of\n\
+         milliseconds); further logins wait their turn.",
+    ),
+    key(
+        "messaging.durability",
+        "When a send is answered: \"fsync\" (after an fsync: survives power loss),\n\
+         \"flush\" (survives a process crash) or \"buffered\" (may lose ~0.5 s).",
+    ),
+    key(
+        "messaging.dedupe_window",
+        "A resend with the same client_msg_id within this window gets the first answer.",
+    ),
+    key(
+        "messaging.history_retention",
+        "Acknowledged entries younger than this stay, so a new device can sync\n\
+         recent history.",
+    ),
+    key(
+        "messaging.device_inactive_after",
+        "A device silent for this long no longer holds back garbage collection.",
+    ),
+    key(
+        "messaging.gc_interval",
+        "How often the background collector sweeps every queue.",
+    ),
+    key(
+        "messaging.max_batch",
+        "Most writes committed in one batch (one flush).",
+    ),
+    key(
+        "admin.listen",
+        "Where the admin listener binds, or \"off\" (--admin).",
+    ),
+    unset(
+        "admin.token_file",
+        "File holding the admin bearer token; created with a random token\n\
+         (mode 0600) if missing. Unset: admin.token in data_dir.",
+        "\"/etc/pigeon/admin.token\"",
+    ),
+    key(
+        "admin.allow_non_loopback",
+        "Allow admin.listen on a non-loopback address. Off so the admin API is\n\
+         never exposed to the network by accident.",
+    ),
+];
+
+/// The documented key with this dotted name.
+pub fn find(key: &str) -> Option<&'static KeyDoc> {
+    KEYS.iter().find(|k| k.key == key)
+}
+
+/// The TOML table of the config with this name.
+pub fn section(name: &str) -> Option<&'static str> {
+    SECTIONS.iter().map(|(s, _)| *s).find(|s| *s == name)
+}
+
+/// The environment variable for a key: `PIGEON_` and the dotted name in
+/// capitals with dots as underscores (`timeouts.idle` → `PIGEON_TIMEOUTS_IDLE`).
+pub fn env_name(key: &str) -> String {
+    format!("PIGEON_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// The key an environment variable sets, if it is one of ours.
+pub fn by_env(name: &str) -> Option<&'static KeyDoc> {
+    KEYS.iter().find(|k| env_name(k.key) == name)
+}
+
+/// The complete default config file, commented, values taken from
+/// [`Config::default`] serialized the same way a file is read.
+pub fn default_toml() -> String {
+    let defaults = toml::Table::try_from(Config::default())
+        .expect("the default config serializes to a TOML table");
+    let mut out = String::from(HEADER);
+    let mut section = "";
+    for doc in KEYS {
+        let (table, name) = doc.key.split_once('.').unwrap_or(("", doc.key));
+        if table != section {
+            section = table;
+            let (_, about) = SECTIONS
+                .iter()
+                .find(|(s, _)| *s == table)
+                .expect("every key's table is in SECTIONS");
+            out.push('\n');
+            comment(&mut out, about);
+            out.push_str(&format!("[{table}]\n"));
+        }
+        out.push('\n');
+        comment(&mut out, doc.doc);
+        comment(&mut out, &format!("env {}", env_name(doc.key)));
+        let value = if table.is_empty() {
+            defaults.get(name)
+        } else {
+            defaults.get(table).and_then(|t| t.get(name))
+        };
+        match (value, doc.example) {
+            (Some(value), _) => out.push_str(&format!("{name} = {value}\n")),
+            (None, Some(example)) => out.push_str(&format!("# {name} = {example}\n")),
+            (None, None) => unreachable!("{} has neither a default nor an example", doc.key),
+        }
+    }
+    out
+}
+
+const HEADER: &str = "\
+# pigeond configuration, printed by `pigeond config default` with every key
+# at its default value. Check a file with `pigeond config check FILE`.
+#
+# Precedence: built-in defaults < this file < PIGEON_* environment variables
+# < command-line flags. A key's variable is PIGEON_ and its dotted name in
+# capitals, dots as underscores: timeouts.shutdown is PIGEON_TIMEOUTS_SHUTDOWN.
+# Durations are written \"500ms\", \"10s\", \"5m\", \"24h\" or \"7d\".
+# Unknown keys are an error.
+";
+
+fn comment(out: &mut String, text: &str) {
+    for line in text.lines() {
+        out.push_str("# ");
+        out.push_str(line);
+        out.push('\n');
+    }
+}

@@ -1,0 +1,535 @@
+//! Counters, gauges and histograms of one server, rendered as Prometheus
+//! text (exposition format 0.0.4) for the admin listener's `/metrics`.
+//!
+//! Only observes: nothing here changes what the server does, and every
+//! recording is one or two relaxed atomic operations, so the hot paths pay
+//! no lock. Every label is bounded by construction: request kinds, error
+//! codes and platforms are fixed enums of the protocol, never user input,
+//! user ids or device ids. Hand-written rather than a metrics crate: the
+//! handful of series here do not justify a registry, and the text format is
+//! simple.
+//!
+//! Values that live elsewhere (sessions by platform in the registry, the
+//! committer's counters, the store's size) are read at scrape time and
+//! passed to [`Metrics::render`] in a [`Scrape`].
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pigeon_protocol::{Body, Envelope, ErrorCode, Platform};
+use prost::Message as _;
+
+/// Bytes of a frame's length prefix.
+const LENGTH_PREFIX: u64 = 4;
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Add `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Add one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subtract one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A distribution over fixed bucket bounds (upper bounds, ascending).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One per bound plus the +Inf bucket; not cumulative (rendering sums).
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    /// The sum, as f64 bits.
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    /// A histogram over `bounds` (ascending upper bounds; +Inf is implied).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// Record one value.
+    pub fn observe(&self, value: f64) {
+        let index = self
+            .bounds
+            .iter()
+            .position(|bound| value <= *bound)
+            .unwrap_or(self.bounds.len());
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        // A lost race only retries; the loop ends because each round either
+        // wins or sees a newer sum.
+        let mut current = self.sum.load(Ordering::Relaxed);
+        loop {
+            let next = (f64::from_bits(current) + value).to_bits();
+            match self.sum.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// How many values were recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, help, "histogram");
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let le = match self.bounds.get(i) {
+                Some(bound) => format!("{bound}"),
+                None => "+Inf".to_owned(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = f64::from_bits(self.sum.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}_sum {sum}");
+        // The count is the +Inf bucket, so the two always agree in one scrape.
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// Ops per group commit.
+const BATCH_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// Seconds per store sync.
+const FLUSH_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// The request kinds counted (the protocol's client requests).
+const REQUEST_KINDS: [&str; 7] = ["register", "login", "logout", "ping", "send", "pull", "ack"];
+/// Error codes above this share the last slot, labelled "other".
+const ERROR_SLOTS: usize = 32;
+
+/// What the server counts itself. One per server (tests run several in one
+/// process, so this is not a global).
+#[derive(Debug)]
+pub struct Metrics {
+    /// Connections accepted (before TLS).
+    pub connections_accepted: Counter,
+    /// Connections open now, logged in or not.
+    pub connections_open: Gauge,
+    /// Logins that succeeded.
+    pub logins: Counter,
+    /// Logins refused (bad credentials, disabled user, bad request).
+    pub login_failures: Counter,
+    /// Notify frames written (after coalescing).
+    pub notifies: Counter,
+    /// Kick frames written.
+    pub kicks: Counter,
+    /// Frame bytes read (length prefix included; not TLS overhead).
+    pub bytes_in: Counter,
+    /// Frame bytes written (length prefix included; not TLS overhead).
+    pub bytes_out: Counter,
+    /// Ops per group commit.
+    pub batch_ops: Histogram,
+    /// Seconds per store sync of a batch with sends.
+    pub flush_seconds: Histogram,
+    requests: [Counter; REQUEST_KINDS.len()],
+    errors: [Counter; ERROR_SLOTS],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            connections_accepted: Counter::default(),
+            connections_open: Gauge::default(),
+            logins: Counter::default(),
+            login_failures: Counter::default(),
+            notifies: Counter::default(),
+            kicks: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            batch_ops: Histogram::new(BATCH_BOUNDS),
+            flush_seconds: Histogram::new(FLUSH_BOUNDS),
+            requests: Default::default(),
+            errors: std::array::from_fn(|_| Counter::default()),
+        }
+    }
+}
+
+/// Keeps a connection counted in `connections_open` while it lives.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.dec();
+    }
+}
+
+/// Values read from elsewhere at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    /// Logged-in sessions per platform (the protocol's platform numbers).
+    pub sessions_by_platform: Vec<(i32, u64)>,
+    /// Committer: batches applied.
+    pub commit_batches: u64,
+    /// Committer: syncs (batches with a send).
+    pub commit_syncs: u64,
+    /// Committer: sends applied (duplicates included).
+    pub commit_sends: u64,
+    /// Jobs waiting for the writer thread.
+    pub commit_queue: u64,
+    /// Queue entries across all users, if the store answered.
+    pub queue_entries: Option<u64>,
+    /// Message bodies, if the store answered.
+    pub bodies: Option<u64>,
+    /// Bytes the store uses on disk, if it answered.
+    pub store_bytes: Option<u64>,
+    /// Whether the server is ready (see `/readyz`).
+    pub ready: bool,
+}
+
+impl Metrics {
+    /// Count one request of `kind` (unknown kinds are not counted, so the
+    /// label stays bounded).
+    pub fn request(&self, kind: &str) {
+        if let Some(i) = REQUEST_KINDS.iter().position(|k| *k == kind) {
+            self.requests[i].inc();
+        }
+    }
+
+    /// A frame read from a client: its bytes and its request kind.
+    pub fn frame_in(&self, envelope: &Envelope) {
+        self.bytes_in
+            .add(envelope.encoded_len() as u64 + LENGTH_PREFIX);
+        let kind = match &envelope.body {
+            Some(Body::Register(_)) => "register",
+            Some(Body::Login(_)) => "login",
+            Some(Body::Logout(_)) => "logout",
+            Some(Body::Ping(_)) => "ping",
+            Some(Body::Send(_)) => "send",
+            Some(Body::Pull(_)) => "pull",
+            Some(Body::Ack(_)) => "ack",
+            _ => return,
+        };
+        self.request(kind);
+    }
+
+    /// A frame about to be written: its bytes, and notifies, kicks and
+    /// errors by code.
+    pub fn frame_out(&self, envelope: &Envelope) {
+        self.bytes_out
+            .add(envelope.encoded_len() as u64 + LENGTH_PREFIX);
+        match &envelope.body {
+            Some(Body::Notify(_)) => self.notifies.inc(),
+            Some(Body::Kick(_)) => self.kicks.inc(),
+            Some(Body::Error(e)) => self.error(e.code),
+            _ => {}
+        }
+    }
+
+    /// Count a new connection as accepted and open; it stays open until the
+    /// guard drops (however the connection's task ends).
+    pub fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+        self.connections_accepted.inc();
+        self.connections_open.inc();
+        OpenConnection(self.clone())
+    }
+
+    /// Requests counted of `kind`.
+    pub fn requests(&self, kind: &str) -> u64 {
+        REQUEST_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |i| self.requests[i].get())
+    }
+
+    /// Count one error frame sent with wire code `code`.
+    pub fn error(&self, code: i32) {
+        let slot = usize::try_from(code)
+            .unwrap_or(ERROR_SLOTS - 1)
+            .min(ERROR_SLOTS - 1);
+        self.errors[slot].inc();
+    }
+
+    /// Everything as Prometheus text.
+    pub fn render(&self, scrape: &Scrape) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let o = &mut out;
+        counter(
+            o,
+            "pigeon_connections_accepted_total",
+            "TCP connections accepted.",
+            self.connections_accepted.get(),
+        );
+        gauge(
+            o,
+            "pigeon_connections_open",
+            "Connections open, logged in or not.",
+            self.connections_open.get(),
+        );
+        header(
+            o,
+            "pigeon_sessions",
+            "Logged-in sessions by platform.",
+            "gauge",
+        );
+        for platform in 1..=6 {
+            let n = scrape
+                .sessions_by_platform
+                .iter()
+                .find(|(p, _)| *p == platform)
+                .map_or(0, |(_, n)| *n);
+            let _ = writeln!(
+                o,
+                "pigeon_sessions{{platform=\"{}\"}} {n}",
+                platform_label(platform)
+            );
+        }
+        header(
+            o,
+            "pigeon_logins_total",
+            "Login attempts by result.",
+            "counter",
+        );
+        let _ = writeln!(
+            o,
+            "pigeon_logins_total{{result=\"ok\"}} {}",
+            self.logins.get()
+        );
+        let _ = writeln!(
+            o,
+            "pigeon_logins_total{{result=\"failed\"}} {}",
+            self.login_failures.get()
+        );
+        header(
+            o,
+            "pigeon_requests_total",
+            "Client requests by kind.",
+            "counter",
+        );
+        for (kind, n) in REQUEST_KINDS.iter().zip(&self.requests) {
+            let _ = writeln!(o, "pigeon_requests_total{{kind=\"{kind}\"}} {}", n.get());
+        }
+        counter(
+            o,
+            "pigeon_notifies_total",
+            "Notify frames written (after coalescing).",
+            self.notifies.get(),
+        );
+        counter(
+            o,
+            "pigeon_kicks_total",
+            "Kick frames written.",
+            self.kicks.get(),
+        );
+        counter(
+            o,
+            "pigeon_bytes_in_total",
+            "Frame bytes read from clients.",
+            self.bytes_in.get(),
+        );
+        counter(
+            o,
+            "pigeon_bytes_out_total",
+            "Frame bytes written to clients.",
+            self.bytes_out.get(),
+        );
+        header(
+            o,
+            "pigeon_errors_total",
+            "Error frames sent, by wire code.",
+            "counter",
+        );
+        for (code, n) in self.errors.iter().enumerate() {
+            let n = n.get();
+            if n > 0 {
+                let _ = writeln!(
+                    o,
+                    "pigeon_errors_total{{code=\"{}\"}} {n}",
+                    error_label(code)
+                );
+            }
+        }
+        counter(
+            o,
+            "pigeon_commit_batches_total",
+            "Group-commit batches applied.",
+            scrape.commit_batches,
+        );
+        counter(
+            o,
+            "pigeon_commit_syncs_total",
+            "Store syncs (batches holding a send).",
+            scrape.commit_syncs,
+        );
+        counter(
+            o,
+            "pigeon_stored_sends_total",
+            "Sends applied by the writer (duplicates included).",
+            scrape.commit_sends,
+        );
+        gauge(
+            o,
+            "pigeon_commit_queue_depth",
+            "Writes waiting for the writer thread.",
+            scrape.commit_queue as i64,
+        );
+        self.batch_ops
+            .render(o, "pigeon_commit_batch_ops", "Ops per group commit.");
+        self.flush_seconds.render(
+            o,
+            "pigeon_commit_flush_seconds",
+            "Seconds per durable store sync.",
+        );
+        if let Some(n) = scrape.queue_entries {
+            gauge(
+                o,
+                "pigeon_queue_entries",
+                "Queue entries across all users (refreshed at most every 15 s).",
+                n as i64,
+            );
+        }
+        if let Some(n) = scrape.bodies {
+            gauge(
+                o,
+                "pigeon_message_bodies",
+                "Stored message bodies (refreshed at most every 15 s).",
+                n as i64,
+            );
+        }
+        if let Some(n) = scrape.store_bytes {
+            gauge(
+                o,
+                "pigeon_store_disk_bytes",
+                "Bytes the store uses on disk.",
+                n as i64,
+            );
+        }
+        gauge(
+            o,
+            "pigeon_ready",
+            "1 when /readyz answers 200.",
+            i64::from(scrape.ready),
+        );
+        out
+    }
+}
+
+/// The label of a protocol platform number ("ios", "android", ...).
+pub fn platform_label(platform: i32) -> &'static str {
+    match Platform::try_from(platform) {
+        Ok(Platform::Ios) => "ios",
+        Ok(Platform::Android) => "android",
+        Ok(Platform::Web) => "web",
+        Ok(Platform::Desktop) => "desktop",
+        Ok(Platform::MiniProgram) => "mini_program",
+        Ok(Platform::Cli) => "cli",
+        _ => "unspecified",
+    }
+}
+
+fn error_label(slot: usize) -> String {
+    if slot == ERROR_SLOTS - 1 {
+        return "other".to_owned();
+    }
+    match i32::try_from(slot)
+        .ok()
+        .and_then(|c| ErrorCode::try_from(c).ok())
+    {
+        Some(code) => code.as_str_name().to_ascii_lowercase(),
+        None => format!("code_{slot}"),
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_agree_with_the_count() {
+        let h = Histogram::new(&[1.0, 10.0]);
+        for v in [0.5, 1.0, 5.0, 50.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"1\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"10\"} 3\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("x_sum 56.5\n"), "{out}");
+        assert!(out.contains("x_count 4\n"), "{out}");
+    }
+
+    #[test]
+    fn labels_stay_bounded() {
+        let m = Metrics::default();
+        m.request("send");
+        m.request("made-up kind");
+        m.error(6);
+        m.error(9_999);
+        m.error(-1);
+        assert_eq!(m.requests("send"), 1);
+        let text = m.render(&Scrape::default());
+        assert!(text.contains("pigeon_requests_total{kind=\"send\"} 1"));
+        assert!(!text.contains("made-up"));
+        assert!(text.contains("pigeon_errors_total{code=\"auth_failed\"} 1"));
+        assert!(text.contains("pigeon_errors_total{code=\"other\"} 2"));
+        assert!(text.contains("pigeon_sessions{platform=\"ios\"} 0"));
+    }
+}
