@@ -1,0 +1,436 @@
+//! The pigeon side: raw frames from the protocol crate over tokio-rustls,
+//! without the sdk's per-connection tasks and request map, so 19,000
+//! connections cost the load generator little. Accounts are registered and
+//! logged in by password once (argon2 on the server: slow on purpose) and
+//! their tokens kept in a file; every later connection logs in by token.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use pigeon_protocol::pb::{self, login_request::Credential};
+use pigeon_protocol::{Body, Codec, Envelope, ErrorCode, Platform, PROTOCOL_VERSION};
+use serde::{Deserialize, Serialize};
+use tokio::io::WriteHalf;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, timeout_at};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::net::{Dialer, Handshake, Tls};
+use crate::payload::Recorder;
+
+/// Every bench account's password.
+const PASSWORD: &str = "pigeon-bench password";
+/// Every bench account's one device.
+const DEVICE: &str = "bench";
+/// Limit for one request's answer (a login may wait behind argon2 hashes).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Entries per pull (the server's maximum by default).
+const PULL_LIMIT: u32 = 1000;
+
+/// A connection speaking frames.
+pub type Frames = Framed<Tls, Codec>;
+
+/// A registered user with a token for the bench device.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Account {
+    /// Username.
+    pub name: String,
+    /// User id.
+    pub id: u64,
+    /// Token of the bench device.
+    pub token: String,
+}
+
+/// Accounts by "server/username", kept in a JSON file between runs.
+pub struct Accounts {
+    path: PathBuf,
+    server: SocketAddr,
+    known: BTreeMap<String, Account>,
+}
+
+impl Accounts {
+    /// Load the account file (a missing file is an empty one).
+    pub fn load(path: &Path, server: SocketAddr) -> Result<Accounts> {
+        let known = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not an account file", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(Accounts {
+            path: path.to_owned(),
+            server,
+            known,
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.server)
+    }
+
+    /// Make sure every name has an account and a token: register and log
+    /// in by password (at most `concurrency` at once) those not yet known.
+    /// Returns them in the order of `names`.
+    pub async fn ensure(
+        &mut self,
+        dialer: &Arc<Dialer>,
+        names: &[String],
+        concurrency: usize,
+    ) -> Result<Vec<Account>> {
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| !self.known.contains_key(&self.key(n)))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "registering and logging in {} accounts by password ({} at a time)...",
+                missing.len(),
+                concurrency
+            );
+        }
+        let server = self.server;
+        let mut made = futures_util::stream::iter(missing.into_iter().map(|name| {
+            let dialer = dialer.clone();
+            async move { password_account(&dialer, server, &name).await }
+        }))
+        .buffer_unordered(concurrency.max(1));
+        let mut done = 0usize;
+        while let Some(account) = made.next().await {
+            let account = account?;
+            self.known.insert(self.key(&account.name), account);
+            done += 1;
+            if done.is_multiple_of(1000) {
+                eprintln!("  {done} accounts ready");
+                self.save()?;
+            }
+        }
+        drop(made);
+        self.save()?;
+        Ok(names
+            .iter()
+            .map(|n| self.known[&self.key(n)].clone())
+            .collect())
+    }
+
+    /// Replace one account (after its token was refused and renewed).
+    pub fn update(&mut self, account: Account) {
+        self.known.insert(self.key(&account.name), account);
+    }
+
+    /// Write the file.
+    pub fn save(&self) -> Result<()> {
+        let json = serde_json::to_vec(&self.known)?;
+        std::fs::write(&self.path, json)
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+/// Register `name` (an existing account is fine) and log in by password.
+async fn password_account(dialer: &Dialer, server: SocketAddr, name: &str) -> Result<Account> {
+    let (tls, _) = dialer.tls(server).await?;
+    let mut frames = frames(tls);
+    let register = Body::Register(pb::RegisterRequest {
+        protocol_version: PROTOCOL_VERSION as i32,
+        username: name.to_owned(),
+        password: PASSWORD.into(),
+    });
+    match request(&mut frames, 1, register).await? {
+        Body::Registered(_) => {}
+        Body::Error(e) if e.code == ErrorCode::UsernameTaken as i32 => {}
+        other => bail!("register {name}: {other:?}"),
+    }
+    let login = login_body(name, Credential::Password(PASSWORD.into()));
+    match request(&mut frames, 2, login).await? {
+        Body::LoggedIn(r) => Ok(Account {
+            name: name.to_owned(),
+            id: r.user_id,
+            token: r.token,
+        }),
+        other => bail!("login {name}: {other:?}"),
+    }
+}
+
+fn login_body(name: &str, credential: Credential) -> Body {
+    Body::Login(pb::LoginRequest {
+        protocol_version: PROTOCOL_VERSION as i32,
+        username: name.to_owned(),
+        device_id: DEVICE.into(),
+        platform: Platform::Cli as i32,
+        credential: Some(credential),
+    })
+}
+
+/// Wrap a TLS stream in the frame codec.
+pub fn frames(tls: Tls) -> Frames {
+    Framed::new(tls, Codec::default())
+}
+
+/// Send one request and wait for the answer with its id (pushes skipped).
+pub async fn request(frames: &mut Framed<Tls, Codec>, id: u64, body: Body) -> Result<Body> {
+    timeout(REQUEST_TIMEOUT, frames.send(Envelope::new(id, body)))
+        .await
+        .map_err(|_| anyhow!("write timed out"))??;
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    // Bounded by the deadline: every wait below is under it.
+    loop {
+        let frame = timeout_at(deadline, frames.next())
+            .await
+            .map_err(|_| anyhow!("no answer to request {id} in {REQUEST_TIMEOUT:?}"))?
+            .ok_or_else(|| anyhow!("the server closed the connection"))??;
+        if frame.request_id == id {
+            return frame
+                .body
+                .ok_or_else(|| anyhow!("an answer without a body"));
+        }
+    }
+}
+
+/// A logged-in connection and what the login answered.
+pub struct Session {
+    /// The connection.
+    pub frames: Frames,
+    /// The login answer.
+    pub login: pb::LoginResponse,
+    /// Whether TLS was resumed.
+    pub handshake: Handshake,
+}
+
+/// Connect and log in by token; a refused token (the server's data was
+/// reset) falls back to register + password login, and `renewed` gets the
+/// new account.
+pub async fn connect(
+    dialer: &Dialer,
+    server: SocketAddr,
+    account: &Account,
+    renewed: Option<&std::sync::Mutex<Vec<Account>>>,
+) -> Result<Session> {
+    let (tls, handshake) = dialer.tls(server).await?;
+    let mut frames = frames(tls);
+    let body = login_body(&account.name, Credential::Token(account.token.clone()));
+    match request(&mut frames, 1, body).await? {
+        Body::LoggedIn(login) => Ok(Session {
+            frames,
+            login,
+            handshake,
+        }),
+        Body::Error(e) if e.code == ErrorCode::AuthFailed as i32 && renewed.is_some() => {
+            drop(frames);
+            let fresh = password_account(dialer, server, &account.name).await?;
+            if let Some(renewed) = renewed {
+                renewed.lock().expect("not poisoned").push(fresh.clone());
+            }
+            Box::pin(connect(dialer, server, &fresh, None)).await
+        }
+        other => bail!("token login {}: {other:?}", account.name),
+    }
+}
+
+/// Counters shared by a [`Sender`] and its answer reader.
+#[derive(Default)]
+struct SendCounters {
+    answered: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// A sending connection: writes sends without waiting for each answer, up
+/// to a window of unanswered ones; a reader task takes the answers.
+pub struct Sender {
+    sink: FramedWrite<WriteHalf<Tls>, Codec>,
+    window: Arc<Semaphore>,
+    window_size: u32,
+    next_id: u64,
+    tag: String,
+    issued: u64,
+    counters: Arc<SendCounters>,
+    reader: JoinHandle<Result<()>>,
+    stop: CancellationToken,
+}
+
+impl Sender {
+    /// Split a logged-in connection; `tag` makes client_msg_ids unique per run.
+    pub fn start(frames: Frames, window: u32, tag: String) -> Sender {
+        let parts = frames.into_parts();
+        let (read, write) = tokio::io::split(parts.io);
+        let mut source = FramedRead::new(read, Codec::default());
+        let window_size = window.max(1);
+        let permits = Arc::new(Semaphore::new(window_size as usize));
+        let counters = Arc::new(SendCounters::default());
+        let stop = CancellationToken::new();
+        let reader = tokio::spawn({
+            let (permits, counters, stop) = (permits.clone(), counters.clone(), stop.clone());
+            async move {
+                // Bounded: ends when the stream ends or the sender stops it.
+                loop {
+                    let frame = tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        frame = source.next() => frame,
+                    };
+                    let Some(frame) = frame else {
+                        bail!("the server closed a sending connection");
+                    };
+                    match frame?.body {
+                        Some(Body::Sent(_)) => {
+                            counters.answered.fetch_add(1, Ordering::Relaxed);
+                            permits.add_permits(1);
+                        }
+                        Some(Body::Error(e)) => {
+                            counters.answered.fetch_add(1, Ordering::Relaxed);
+                            counters.refused.fetch_add(1, Ordering::Relaxed);
+                            permits.add_permits(1);
+                            if e.fatal {
+                                bail!("fatal error on a sending connection: {}", e.message);
+                            }
+                        }
+                        _ => {} // Notify of our own queue, Pong: nothing to do.
+                    }
+                }
+            }
+        });
+        Sender {
+            sink: FramedWrite::new(write, Codec::default()),
+            window: permits,
+            window_size,
+            next_id: 1,
+            tag,
+            issued: 0,
+            counters,
+            reader,
+            stop,
+        }
+    }
+
+    /// Send `content` to user `to` once the window has room.
+    pub async fn send(&mut self, to: u64, content: Bytes) -> Result<()> {
+        let permit = timeout(REQUEST_TIMEOUT, self.window.acquire())
+            .await
+            .map_err(|_| anyhow!("no send answer in {REQUEST_TIMEOUT:?}"))?
+            .expect("the window semaphore is never closed");
+        // The reader gives the permit back when the answer comes.
+        permit.forget();
+        let id = self.next_id;
+        self.next_id += 1;
+        let body = Body::Send(pb::SendRequest {
+            to_user_id: to,
+            to_username: String::new(),
+            client_msg_id: format!("{}-{id}", self.tag),
+            content_type: "application/octet-stream".into(),
+            content,
+        });
+        timeout(REQUEST_TIMEOUT, self.sink.send(Envelope::new(id, body)))
+            .await
+            .map_err(|_| anyhow!("send write timed out"))??;
+        self.issued += 1;
+        Ok(())
+    }
+
+    /// Wait (until `deadline`) for every answer; returns (answered, refused).
+    pub async fn finish(self, deadline: Instant) -> Result<(u64, u64)> {
+        let all = timeout_at(deadline.into(), self.window.acquire_many(self.window_size)).await;
+        self.stop.cancel();
+        let read = self.reader.await?;
+        let answered = self.counters.answered.load(Ordering::Relaxed);
+        let refused = self.counters.refused.load(Ordering::Relaxed);
+        if all.is_err() {
+            read?;
+            bail!(
+                "{} of {} sends unanswered",
+                self.issued - answered,
+                self.issued
+            );
+        }
+        Ok((answered, refused))
+    }
+}
+
+/// When a receiving connection stops.
+pub struct ReceiveUntil {
+    /// Stop when this is cancelled.
+    pub stop: CancellationToken,
+    /// Stop at this instant in any case.
+    pub deadline: Instant,
+    /// Stop once this many bodies were received (None: only stop/deadline).
+    pub bodies: Option<u64>,
+}
+
+/// Read a logged-in connection: pull whenever the queue is ahead of the
+/// cursor (at login and on every Notify), hand each body to `recorder`,
+/// heartbeat, and at the end acknowledge what was pulled. Returns the
+/// cursor reached.
+pub async fn receive(
+    session: Session,
+    recorder: &mut Recorder,
+    until: ReceiveUntil,
+) -> Result<u64> {
+    let Session {
+        mut frames, login, ..
+    } = session;
+    let mut cursor = login.acked_seq;
+    let mut known_max = login.max_seq;
+    let mut next_id = 2u64;
+    let mut pulling = false;
+    let beat = Duration::from_millis(u64::from(login.heartbeat_interval_ms.max(1000)));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    let deadline = tokio::time::Instant::from_std(until.deadline);
+    let done = |r: &Recorder| until.bodies.is_some_and(|n| r.received >= n);
+    // Bounded by the deadline, the stop token and the stream's end.
+    while !done(recorder) {
+        if !pulling && known_max > cursor {
+            let pull = Body::Pull(pb::PullRequest {
+                after_seq: cursor,
+                limit: PULL_LIMIT,
+            });
+            frames.send(Envelope::new(next_id, pull)).await?;
+            next_id += 1;
+            pulling = true;
+        }
+        let frame = tokio::select! {
+            _ = until.stop.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = heartbeat.tick() => {
+                let ping = Body::Ping(pb::Ping { client_time_ms: 0 });
+                frames.send(Envelope::new(next_id, ping)).await?;
+                next_id += 1;
+                continue;
+            }
+            frame = frames.next() => frame,
+        };
+        let frame = frame.ok_or_else(|| anyhow!("the server closed a receiving connection"))??;
+        match frame.body {
+            Some(Body::Notify(n)) => known_max = known_max.max(n.max_seq),
+            Some(Body::Pulled(page)) => {
+                pulling = false;
+                for message in &page.messages {
+                    recorder.on_body(&message.content);
+                    cursor = cursor.max(message.seq);
+                }
+                known_max = known_max.max(page.max_seq);
+                if page.messages.is_empty() {
+                    // Entries were collected below us: nothing left to get.
+                    cursor = cursor.max(page.max_seq);
+                }
+            }
+            Some(Body::Pong(_)) => {}
+            Some(Body::Kick(k)) => bail!("kicked: {}", k.message),
+            Some(Body::Error(e)) => bail!("error on a receiving connection: {}", e.message),
+            other => bail!("unexpected frame on a receiving connection: {other:?}"),
+        }
+    }
+    if cursor > login.acked_seq {
+        let ack = Body::Ack(pb::AckRequest { seq: cursor });
+        match request(&mut frames, next_id, ack).await? {
+            Body::Acked(_) => {}
+            other => bail!("ack {cursor}: {other:?}"),
+        }
+    }
+    Ok(cursor)
+}
