@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod lifecycle;
 pub mod metrics;
 pub mod service;
 pub mod session;
@@ -199,7 +200,9 @@ impl Server {
 
     /// Serve on `listener` until `shutdown` is cancelled: stop accepting,
     /// let every connection finish its in-flight requests and close (with a
-    /// SERVER_SHUTDOWN kick), then drain the writer and sync the store.
+    /// SERVER_SHUTDOWN kick) within `timeouts.shutdown`, drop those that
+    /// did not, then drain the writer and sync the store. Tells systemd
+    /// READY=1 once serving and STOPPING=1 when shutdown begins.
     pub async fn serve(mut self, listener: TcpListener, shutdown: CancellationToken) {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, data_dir = %self.config.data_dir.display(), "serving");
@@ -219,7 +222,16 @@ impl Server {
             unready.cancelled().await;
             serving.store(false, Ordering::Release);
         });
-        self.gateway.clone().serve(listener, shutdown).await;
+        lifecycle::notify_ready();
+        let stopping = shutdown.clone();
+        let announce_stopping = async move {
+            stopping.cancelled().await;
+            lifecycle::notify_stopping();
+        };
+        // Returns once every connection has closed, or was dropped when
+        // timeouts.shutdown ran out.
+        let gateway = self.gateway.clone().serve(listener, shutdown);
+        tokio::join!(gateway, announce_stopping);
         // The collector stops on the same token; a panic in it is a bug to log.
         if let Err(e) = collector.await {
             tracing::error!(error = %e, "the collector task failed");

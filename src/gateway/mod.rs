@@ -65,11 +65,14 @@ pub struct Gateway {
 
 impl Gateway {
     /// Accept connections until `shutdown`, then wait for every connection
-    /// task to finish its in-flight requests and close.
+    /// task to finish its in-flight requests and close, for at most
+    /// `timeouts.shutdown`.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.limits.max_connections));
         let next_id = AtomicU64::new(1);
+        // Cancelled when the shutdown grace runs out: drops what is left.
+        let abandon = CancellationToken::new();
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -98,9 +101,13 @@ impl Gateway {
             );
             let gateway = self.clone();
             let shutdown = shutdown.clone();
+            let abandon = abandon.clone();
             tracker.spawn(
                 async move {
-                    connection::run(stream, gateway, shutdown).await;
+                    tokio::select! {
+                        _ = connection::run(stream, gateway, shutdown) => {}
+                        _ = abandon.cancelled() => tracing::debug!("dropped at shutdown"),
+                    }
                     drop(slot);
                 }
                 .instrument(span),
@@ -108,6 +115,28 @@ impl Gateway {
         }
         drop(listener);
         tracker.close();
+        self.drain(&tracker, &abandon).await;
+    }
+
+    /// After shutdown: give connections `timeouts.shutdown` to answer what
+    /// they have read and send their kick, then drop the rest (a peer that
+    /// does not read, a handshake that never ends) so the process can exit.
+    async fn drain(&self, tracker: &TaskTracker, abandon: &CancellationToken) {
+        let grace = self.timeouts.shutdown;
+        tracing::info!(
+            connections = tracker.len(),
+            grace_ms = grace.as_millis() as u64,
+            "stopped accepting; closing connections"
+        );
+        if tokio::time::timeout(grace, tracker.wait()).await.is_ok() {
+            tracing::info!("all connections closed");
+            return;
+        }
+        tracing::warn!(
+            connections = tracker.len(),
+            "connections still open after timeouts.shutdown; dropping them"
+        );
+        abandon.cancel();
         tracker.wait().await;
     }
 }
