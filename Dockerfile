@@ -12,10 +12,11 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 # The registry and target caches make rebuilds incremental; the binaries
-# are copied out of the cache mount in the same step.
+# are copied out of the cache mount in the same step. The root package is
+# the default member, so the CLI's package is named explicitly.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin pigeond --bin pigeon \
+    cargo build --release --locked -p pigeon-server -p pigeon-cli --bin pigeond --bin pigeon \
     && mkdir -p /out \
     && cp target/release/pigeond target/release/pigeon /out/
 
