@@ -345,6 +345,8 @@ fn bench_config(data_dir: &Path, durability: Durability) -> Config {
     config.timeouts.login = Duration::from_secs(60);
     config.timeouts.heartbeat_interval = Duration::from_secs(600);
     config.timeouts.idle = Duration::from_secs(3600);
+    // Never bind the default admin port next to a running pigeond or test.
+    config.admin.listen = None;
     config
 }
 

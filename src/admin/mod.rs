@@ -26,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod http;
 mod routes;
+mod stats;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -51,6 +53,10 @@ const MAX_CONNECTIONS: usize = 16;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Writing one response.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After refusing a malformed request: how long, and how many bytes, the
+/// rest of it is read and dropped before closing.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
 /// After stop: how long requests in flight (a backup) get to finish.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -238,14 +244,29 @@ async fn serve(listener: TcpListener, context: Arc<Context>, stop: CancellationT
 
 async fn handle(mut stream: TcpStream, context: &Context) {
     let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-    let response = match http::read_request(&mut stream, deadline).await {
-        Ok(request) => routes::route(context, request).await,
+    let (response, unread) = match http::read_request(&mut stream, deadline).await {
+        Ok(request) => (routes::route(context, request).await, false),
         Err(e) => match e.status() {
-            Some(status) => http::Response::error(status, &e),
+            Some(status) => (http::Response::error(status, &e), true),
             None => return,
         },
     };
     if let Err(e) = http::write_response(&mut stream, &response, WRITE_TIMEOUT).await {
         tracing::debug!(error = %e, "admin response not written");
+        return;
+    }
+    if unread {
+        // Closing with unread input makes the kernel send RST, which can
+        // destroy the error answer before the peer reads it: take (and
+        // drop) a bounded amount of what it is still sending first.
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        let until = tokio::time::Instant::now() + LINGER;
+        while left > 0 {
+            match tokio::time::timeout_at(until, stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                _ => break,
+            }
+        }
     }
 }

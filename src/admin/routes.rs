@@ -4,8 +4,6 @@
 //! sessions with `KickReason::Revoked`, so a kicked client that logs in
 //! again at once is already refused.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,29 +13,22 @@ use pigeon_protocol::KickReason;
 use serde::{Deserialize, Serialize};
 
 use super::http::{Request, Response};
-use super::{token, Context};
+use super::{stats, token, Context};
 use crate::error::ServiceError;
-use crate::metrics::{platform_label, Scrape};
+use crate::metrics::platform_label;
 use crate::service::accounts::{validate_device_id, validate_username};
 use crate::session::Kick;
-use crate::store::{DeviceRecord, Store, StoreError, StoreStats, UserId, UserRecord};
+use crate::store::{DeviceRecord, Store, StoreError, UserId, UserRecord};
 
 /// Largest page of a user listing.
 const MAX_LIST: usize = 1000;
 /// Default page of a user listing.
 const DEFAULT_LIST: usize = 100;
-/// Most queues the stats rank.
-const MAX_TOP: usize = 100;
-/// Most users the stats visit for the deepest queues.
-const STATS_SCAN_LIMIT: usize = 100_000;
-/// Users fetched per step of that visit.
-const STATS_STEP: usize = 256;
-/// How long a scrape reuses the store's counters.
-const STORE_STATS_TTL: Duration = Duration::from_secs(15);
 /// How long the readiness probe waits for the store.
 const READY_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
-type Answer = Result<Response, Response>;
+/// A route's answer; the error side is a refusal, also an answer.
+pub(super) type Answer = Result<Response, Response>;
 
 /// Answer one request.
 pub(super) async fn route(ctx: &Context, request: Request) -> Response {
@@ -55,7 +46,7 @@ pub(super) async fn route(ctx: &Context, request: Request) -> Response {
         return refused;
     }
     let answer = match (method, segments.as_slice()) {
-        ("GET", ["metrics"]) => metrics(ctx).await,
+        ("GET", ["metrics"]) => stats::metrics(ctx).await,
         ("GET", ["v1", "users"]) => list_users(ctx, &request).await,
         ("POST", ["v1", "users"]) => add_user(ctx, &request).await,
         ("GET", ["v1", "users", name]) => show_user(ctx, name).await,
@@ -66,7 +57,7 @@ pub(super) async fn route(ctx: &Context, request: Request) -> Response {
         ("POST", ["v1", "users", name, "devices", device, "revoke"]) => {
             revoke_device(ctx, name, device).await
         }
-        ("GET", ["v1", "stats"]) => stats(ctx, &request).await,
+        ("GET", ["v1", "stats"]) => stats::stats(ctx, &request).await,
         ("POST", ["v1", "backup"]) => backup(ctx, &request).await,
         _ => Err(Response::error(404, format!("no route {method} /{path}"))),
     };
@@ -101,52 +92,6 @@ async fn readyz(ctx: &Context) -> Response {
         Response::text(200, "ready\n")
     } else {
         Response::text(503, format!("not ready: {}\n", problems.join("; ")))
-    }
-}
-
-async fn metrics(ctx: &Context) -> Answer {
-    let store = cached_store_stats(ctx).await;
-    let commit = &ctx.commit_stats;
-    let committer = ctx.messaging.committer();
-    let scrape = Scrape {
-        sessions_by_platform: ctx.registry.sessions_by_platform(),
-        commit_batches: commit.batches.load(Ordering::Relaxed),
-        commit_syncs: commit.syncs.load(Ordering::Relaxed),
-        commit_sends: commit.sends.load(Ordering::Relaxed),
-        commit_queue: committer.queued() as u64,
-        queue_entries: store.as_ref().map(|s| s.entries),
-        bodies: store.as_ref().map(|s| s.bodies),
-        store_bytes: store.as_ref().map(|s| s.disk_bytes),
-        ready: ctx.serving.load(Ordering::Acquire) && committer.is_running(),
-    };
-    let mut response = Response::text(200, ctx.metrics.render(&scrape));
-    response.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    Ok(response)
-}
-
-/// The store's counters, at most [`STORE_STATS_TTL`] old; `None` if the
-/// store cannot say (the scrape still answers, without those series).
-async fn cached_store_stats(ctx: &Context) -> Option<StoreStats> {
-    {
-        let cache = ctx.store_stats.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, stats)) = &*cache {
-            if at.elapsed() < STORE_STATS_TTL {
-                return Some(stats.clone());
-            }
-        }
-    }
-    let store = ctx.store.clone();
-    match tokio::task::spawn_blocking(move || store.stats()).await {
-        Ok(Ok(stats)) => {
-            let mut cache = ctx.store_stats.lock().unwrap_or_else(|p| p.into_inner());
-            *cache = Some((Instant::now(), stats.clone()));
-            Some(stats)
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "store stats for a scrape failed");
-            None
-        }
-        Err(_) => None,
     }
 }
 
@@ -215,7 +160,7 @@ async fn show_user(ctx: &Context, name: &str) -> Answer {
     let user = find_user(ctx, name).await?;
     let id = user.id;
     let (devices, max_seq) = blocking(ctx, move |s| Ok((s.devices(id)?, s.max_seq(id)?))).await?;
-    let depth = queue_depth(max_seq, &devices);
+    let depth = stats::queue_depth(max_seq, &devices);
     let devices = device_views(ctx, id, devices);
     Ok(Response::json(
         200,
@@ -320,106 +265,6 @@ async fn revoke_device(ctx: &Context, name: &str, device: &str) -> Answer {
     ))
 }
 
-#[derive(Serialize)]
-struct QueueView {
-    user_id: UserId,
-    username: String,
-    depth: u64,
-    max_seq: u64,
-}
-
-async fn stats(ctx: &Context, request: &Request) -> Answer {
-    let top = number_param(request, "top")?.unwrap_or(10).min(MAX_TOP);
-    let (deepest, scanned, complete, store) = blocking(ctx, move |s| {
-        let (deepest, scanned, complete) = deepest_queues(s, top)?;
-        let mut views = Vec::with_capacity(deepest.len());
-        for (depth, user_id, max_seq) in deepest {
-            let username = s.user(user_id)?.map(|u| u.username).unwrap_or_default();
-            views.push(QueueView {
-                user_id,
-                username,
-                depth,
-                max_seq,
-            });
-        }
-        Ok((views, scanned, complete, s.stats()?))
-    })
-    .await?;
-    let by_platform: serde_json::Map<String, serde_json::Value> = ctx
-        .registry
-        .sessions_by_platform()
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(p, n)| (platform_label(p).to_owned(), n.into()))
-        .collect();
-    let commit = &ctx.commit_stats;
-    Ok(Response::json(
-        200,
-        &serde_json::json!({
-            "sessions": ctx.registry.session_count(),
-            "sessions_by_platform": by_platform,
-            "connections_open": ctx.metrics.connections_open.get(),
-            "queues": {
-                "deepest": deepest,
-                "users_scanned": scanned,
-                "complete": complete,
-            },
-            "store": {
-                "queue_entries": store.entries,
-                "message_bodies": store.bodies,
-                "disk_bytes": store.disk_bytes,
-            },
-            "committer": {
-                "batches": commit.batches.load(Ordering::Relaxed),
-                "syncs": commit.syncs.load(Ordering::Relaxed),
-                "sends": commit.sends.load(Ordering::Relaxed),
-                "queued": ctx.messaging.committer().queued(),
-            },
-        }),
-    ))
-}
-
-/// The `top` deepest queues as (depth, user, max_seq), deepest first,
-/// visiting at most [`STATS_SCAN_LIMIT`] users with entries; also how many
-/// were visited and whether that was all of them.
-fn deepest_queues(
-    store: &dyn Store,
-    top: usize,
-) -> Result<(Vec<(u64, UserId, u64)>, usize, bool), StoreError> {
-    let mut heap = BinaryHeap::with_capacity(top + 1);
-    let mut scanned = 0;
-    let mut after = 0;
-    loop {
-        let users = store.users_with_entries(after, STATS_STEP)?;
-        let Some(&last) = users.last() else {
-            break;
-        };
-        for user in users {
-            let max_seq = store.max_seq(user)?;
-            let depth = queue_depth(max_seq, &store.devices(user)?);
-            heap.push(Reverse((depth, user, max_seq)));
-            if heap.len() > top {
-                heap.pop();
-            }
-            scanned += 1;
-        }
-        if scanned >= STATS_SCAN_LIMIT {
-            let deepest = heap.into_sorted_vec().into_iter().map(|r| r.0).collect();
-            return Ok((deepest, scanned, false));
-        }
-        after = last;
-    }
-    let deepest = heap.into_sorted_vec().into_iter().map(|r| r.0).collect();
-    Ok((deepest, scanned, true))
-}
-
-/// Entries not yet acknowledged by the user's slowest device (all of
-/// them if the user has no device).
-fn queue_depth(max_seq: u64, devices: &[DeviceRecord]) -> u64 {
-    let lowest = devices.iter().map(|d| d.acked_seq).min().unwrap_or(0);
-    max_seq.saturating_sub(lowest)
-}
-
 #[derive(Deserialize)]
 struct BackupRequest {
     to: PathBuf,
@@ -494,7 +339,7 @@ fn no_user(name: &str) -> Response {
 
 /// Run a store call on the blocking pool; a failure is a 500 that names
 /// the store's problem (the caller is the operator).
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     ctx: &Context,
     call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Response> {
@@ -522,7 +367,7 @@ fn json_body<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T, Res
         .map_err(|e| Response::error(400, format!("request body: {e}")))
 }
 
-fn number_param<T: std::str::FromStr>(
+pub(super) fn number_param<T: std::str::FromStr>(
     request: &Request,
     name: &str,
 ) -> Result<Option<T>, Response> {
@@ -532,27 +377,5 @@ fn number_param<T: std::str::FromStr>(
             .parse()
             .map(Some)
             .map_err(|_| Response::error(400, format!("query parameter {name} must be a number"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn device(acked_seq: u64) -> DeviceRecord {
-        DeviceRecord {
-            device_id: "d".into(),
-            platform: 1,
-            created_at_ms: 0,
-            last_active_ms: 0,
-            acked_seq,
-        }
-    }
-
-    #[test]
-    fn queue_depth_counts_what_the_slowest_device_has_not_acked() {
-        assert_eq!(queue_depth(10, &[]), 10);
-        assert_eq!(queue_depth(10, &[device(7), device(3)]), 7);
-        assert_eq!(queue_depth(10, &[device(10)]), 0);
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use pigeon_protocol::pb::{self, login_request::Credential};
 use pigeon_protocol::{Body, Codec, Envelope, ErrorCode, Platform, PROTOCOL_VERSION};
+use pigeon_server::admin::client::AdminClient;
 use pigeon_server::config::Config;
 use pigeon_server::service::CommitStats;
 use pigeon_server::store::Store;
@@ -54,6 +55,8 @@ pub fn test_config(data_dir: &Path) -> Config {
 /// A running in-process server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin listener, when the config turned it on.
+    pub admin: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     pub stats: Arc<CommitStats>,
     pub config: Config,
@@ -75,8 +78,9 @@ impl TestServer {
 
     /// Start with exactly this config.
     pub async fn start_with(config: Config) -> TestServer {
-        let server = Server::open(config.clone()).expect("server opens");
+        let mut server = Server::open(config.clone()).expect("server opens");
         let listener = server.bind().expect("server binds");
+        let admin = server.start_admin().await.expect("admin listener starts");
         let addr = listener.local_addr().unwrap();
         let store = server.store();
         let stats = server.commit_stats();
@@ -84,6 +88,7 @@ impl TestServer {
         let task = tokio::spawn(server.serve(listener, shutdown.clone()));
         TestServer {
             addr,
+            admin,
             store,
             stats,
             config,
@@ -122,6 +127,14 @@ impl TestServer {
         let mut server = TestServer::start_with(config).await;
         server.dir = dir;
         server
+    }
+
+    /// A client of the admin endpoint with the server's token.
+    pub fn admin_client(&self) -> AdminClient {
+        let addr = self.admin.expect("the test turned the admin listener on");
+        let path = self.config.admin.token_path(&self.config.data_dir);
+        let token = pigeon_server::admin::token::read(&path).expect("token file");
+        AdminClient::new(addr, token)
     }
 
     /// A raw client connected over TLS.

@@ -25,11 +25,13 @@ struct Running {
 
 async fn start_server() -> Running {
     let data = tempfile::tempdir().unwrap();
-    let config = Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_owned(),
         ..Config::default()
     };
+    // Parallel tests must not fight over the default admin port.
+    config.admin.listen = None;
     let server = Server::open(config).unwrap();
     let listener = server.bind().unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -58,7 +58,9 @@ pub enum SdkError {
         /// Why, as far as known.
         reason: String,
     },
-    /// The high-level client has no live connection right now.
+    /// There is no live connection right now, so the request was certainly
+    /// not sent (unlike [`SdkError::Closed`], after which a request's outcome
+    /// is unknown).
     #[error("not connected")]
     NotConnected,
     /// No token is stored and no password was given, so there is no way

@@ -133,17 +133,19 @@ impl Shared {
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.pending.lock().expect("pending lock poisoned");
-            if let Some(reason) = &pending.closed {
-                return Err(SdkError::closed(reason.clone()));
+            if pending.closed.is_some() {
+                // Closed before the request was queued: certainly not sent.
+                return Err(SdkError::NotConnected);
             }
             pending.waiters.insert(id, tx);
         }
         let _forget = ForgetOnDrop { shared: self, id };
         let round_trip = async {
+            // If the writer is gone the frame was never written either.
             self.outbound
                 .send(Envelope::new(id, body))
                 .await
-                .map_err(|_| self.closed_error())?;
+                .map_err(|_| SdkError::NotConnected)?;
             rx.await.map_err(|_| self.closed_error())
         };
         let answer = tokio::time::timeout(self.request_timeout, round_trip)
