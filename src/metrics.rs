@@ -483,6 +483,8 @@ fn error_label(slot: usize) -> String {
     }
 }
 
+// Every `let _ = writeln!(out, ...)` in this file writes to a String,
+// which cannot fail; the result is ignored for that reason only.
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
