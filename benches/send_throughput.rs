@@ -342,6 +342,11 @@ fn bench_config(data_dir: &Path, durability: Durability) -> Config {
     config.accounts.max_concurrent_hashes = SETUP_CONCURRENCY;
     config.messaging.durability = durability;
     config.messaging.gc_interval = Duration::from_secs(3600);
+    // The bench is the hot sender on purpose: lift the per-connection limits.
+    config.limits.sends_per_sec = 1_000_000;
+    config.limits.send_burst = 1_000_000;
+    config.limits.requests_per_sec = 1_000_000;
+    config.limits.request_burst = 1_000_000;
     config.timeouts.login = Duration::from_secs(60);
     config.timeouts.heartbeat_interval = Duration::from_secs(600);
     config.timeouts.idle = Duration::from_secs(3600);

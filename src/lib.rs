@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use config::Config;
+use gateway::limits::FailureLimiter;
 use gateway::Gateway;
 use metrics::Metrics;
 use service::{Accounts, CommitStats, Committer, CommitterThread, Messaging, MessagingRules};
@@ -130,6 +131,14 @@ impl Server {
             limits: config.limits.clone(),
             timeouts: config.timeouts.clone(),
             metrics: metrics.clone(),
+            login_failures_by_account: FailureLimiter::new(
+                config.accounts.login_failures_per_account,
+                config.accounts.login_failure_window,
+            ),
+            login_failures_by_address: FailureLimiter::new(
+                config.accounts.login_failures_per_address,
+                config.accounts.login_failure_window,
+            ),
         });
         Ok(Server {
             gateway,

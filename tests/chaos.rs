@@ -44,6 +44,8 @@ impl Pigeond {
             .args([
                 "serve",
                 "--log-json",
+                "--admin",
+                "off",
                 "--listen",
                 &addr.to_string(),
                 "--data",

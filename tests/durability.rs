@@ -46,7 +46,15 @@ struct Process {
 impl Process {
     async fn start(data: &Path) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pigeond"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-json", "--data"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-json",
+                "--admin",
+                "off",
+                "--data",
+            ])
             .arg(data)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -95,6 +95,28 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     key("limits.max_pull", "Most entries one pull returns."),
     key(
+        "limits.requests_per_sec",
+        "Requests per second one connection may make on average; above it\n\
+         (after the burst) requests get RATE_LIMITED with retry_after_ms.",
+    ),
+    key(
+        "limits.request_burst",
+        "Requests one connection may make at once above that rate.",
+    ),
+    key(
+        "limits.sends_per_sec",
+        "Sends per second one connection may make on average (RATE_LIMITED above).",
+    ),
+    key(
+        "limits.send_burst",
+        "Sends one connection may make at once above that rate.",
+    ),
+    key(
+        "limits.handshakes_per_address",
+        "TLS handshakes in progress at once from one peer address; more are\n\
+         closed at accept.",
+    ),
+    key(
         "timeouts.handshake",
         "From accept to the end of the TLS handshake.",
     ),
@@ -134,6 +156,20 @@ pub const KEYS: &[KeyDoc] = &[
         "accounts.max_concurrent_hashes",
         "Password hashes computed at once (each ~19 MiB and a core for tens of\n\
          milliseconds); further logins wait their turn.",
+    ),
+    key(
+        "accounts.login_failures_per_account",
+        "Failed logins per account name within login_failure_window before\n\
+         further attempts on it get RATE_LIMITED (unknown names count the same).",
+    ),
+    key(
+        "accounts.login_failures_per_address",
+        "Failed logins per peer address within login_failure_window before\n\
+         further attempts from it get RATE_LIMITED.",
+    ),
+    key(
+        "accounts.login_failure_window",
+        "The window of the two login-failure limits.",
     ),
     key(
         "messaging.durability",

@@ -102,6 +102,16 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Most entries one pull returns.
     pub max_pull: u32,
+    /// Requests per second one connection may make, on average.
+    pub requests_per_sec: u32,
+    /// Requests one connection may make in a burst above that rate.
+    pub request_burst: u32,
+    /// Sends per second one connection may make, on average.
+    pub sends_per_sec: u32,
+    /// Sends one connection may make in a burst above that rate.
+    pub send_burst: u32,
+    /// TLS handshakes in progress at once from one peer address.
+    pub handshakes_per_address: u32,
 }
 
 /// Deadlines, written like "10s", "500ms", "2m", "24h", "30d".
@@ -143,6 +153,16 @@ pub struct Accounts {
     /// Password hashes computed at once (each takes ~19 MiB and a core for
     /// tens of milliseconds); further logins wait their turn.
     pub max_concurrent_hashes: usize,
+    /// Failed logins per account name within the window before further
+    /// attempts on it are refused with RATE_LIMITED (unknown names count
+    /// the same, so the answer does not tell which names exist).
+    pub login_failures_per_account: u32,
+    /// Failed logins per peer address within the window before further
+    /// attempts from it are refused with RATE_LIMITED.
+    pub login_failures_per_address: u32,
+    /// The window of the two limits above.
+    #[serde(with = "duration_text")]
+    pub login_failure_window: Duration,
 }
 
 /// Which sessions a login replaces (DESIGN.md, "Kick policy").
@@ -204,6 +224,11 @@ impl Default for Limits {
             backlog: 4096,
             outbound_queue: 64,
             max_pull: 1000,
+            requests_per_sec: 200,
+            request_burst: 400,
+            sends_per_sec: 50,
+            send_burst: 100,
+            handshakes_per_address: 256,
         }
     }
 }
@@ -228,6 +253,9 @@ impl Default for Accounts {
             token_ttl: Duration::from_secs(30 * 86_400),
             kick_policy: KickPolicy::PlatformClass,
             max_concurrent_hashes: 4,
+            login_failures_per_account: 10,
+            login_failures_per_address: 100,
+            login_failure_window: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -479,6 +507,22 @@ impl Config {
             ("limits.outbound_queue", limits.outbound_queue),
             ("limits.max_connections", limits.max_connections),
             ("limits.max_pull", limits.max_pull as usize),
+            ("limits.requests_per_sec", limits.requests_per_sec as usize),
+            ("limits.request_burst", limits.request_burst as usize),
+            ("limits.sends_per_sec", limits.sends_per_sec as usize),
+            ("limits.send_burst", limits.send_burst as usize),
+            (
+                "limits.handshakes_per_address",
+                limits.handshakes_per_address as usize,
+            ),
+            (
+                "accounts.login_failures_per_account",
+                self.accounts.login_failures_per_account as usize,
+            ),
+            (
+                "accounts.login_failures_per_address",
+                self.accounts.login_failures_per_address as usize,
+            ),
         ] {
             if value == 0 {
                 return invalid(key, "must be above 0");

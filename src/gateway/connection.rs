@@ -15,6 +15,7 @@
 //! stops reading: a client that does not read its answers stalls only itself.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::handlers::{Flow, Session};
+use super::limits::HandshakeSlot;
 use super::Gateway;
 use crate::session::SessionSignal;
 
@@ -44,9 +46,16 @@ pub enum Outbound {
 }
 
 /// Serve one accepted TCP connection to the end.
-pub async fn run(stream: TcpStream, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handshake_slot: HandshakeSlot,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) {
     let _open = gateway.metrics.connection_opened();
     let handshake = timeout(gateway.timeouts.handshake, gateway.acceptor.accept(stream)).await;
+    drop(handshake_slot);
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return tracing::debug!(error = %e, "tls handshake failed"),
@@ -61,7 +70,7 @@ pub async fn run(stream: TcpStream, gateway: Arc<Gateway>, shutdown: Cancellatio
     let signal = SessionSignal::new();
     let closing = CancellationToken::new();
     let write_timeout = gateway.timeouts.write;
-    let session = Session::new(gateway.clone(), outbound, signal.clone());
+    let session = Session::new(gateway.clone(), peer.ip(), outbound, signal.clone());
     let write = write_loop(
         gateway.metrics.clone(),
         writer,

@@ -2,13 +2,16 @@
 //! protobuf request into a service call, and queue the answer. Requests are
 //! taken in order; the answers are written in the same order.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pigeon_protocol::pb::{self, login_request};
 use pigeon_protocol::{Body, Envelope, ErrorCode, Platform, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 
 use super::connection::Outbound;
+use super::limits::TokenBucket;
 use super::Gateway;
 use crate::clock::now_ms;
 use crate::error::ServiceError;
@@ -37,23 +40,36 @@ struct Login {
 /// One connection's request state.
 pub struct Session {
     gateway: Arc<Gateway>,
+    peer: IpAddr,
     outbound: mpsc::Sender<Outbound>,
     signal: Arc<SessionSignal>,
     login: Option<Login>,
+    /// Every request after login.
+    requests: TokenBucket,
+    /// Sends, on top of `requests`.
+    sends: TokenBucket,
 }
 
 impl Session {
     /// A session that is not logged in yet.
     pub fn new(
         gateway: Arc<Gateway>,
+        peer: IpAddr,
         outbound: mpsc::Sender<Outbound>,
         signal: Arc<SessionSignal>,
     ) -> Self {
+        let now = Instant::now();
+        let limits = &gateway.limits;
+        let requests = TokenBucket::new(limits.requests_per_sec, limits.request_burst, now);
+        let sends = TokenBucket::new(limits.sends_per_sec, limits.send_burst, now);
         Session {
             gateway,
+            peer,
             outbound,
             signal,
             login: None,
+            requests,
+            sends,
         }
     }
 
@@ -103,6 +119,16 @@ impl Session {
                 .await;
         }
         tracing::debug!(request_id = id, kind = body_kind(&body), "request");
+        if self.login.is_some() {
+            let now = Instant::now();
+            let limited = self.requests.take(now).and_then(|()| match body {
+                Body::Send(_) => self.sends.take(now),
+                _ => Ok(()),
+            });
+            if let Err(wait) = limited {
+                return self.rate_limited(id, wait).await;
+            }
+        }
         match (self.login.is_some(), body) {
             (false, Body::Register(r)) => self.register(id, r).await,
             (false, Body::Login(l)) => self.login(id, l).await,
@@ -188,6 +214,18 @@ impl Session {
                     .await
             }
         };
+        let address = self.peer.to_string();
+        let now = Instant::now();
+        let by_account = &self.gateway.login_failures_by_account;
+        let by_address = &self.gateway.login_failures_by_address;
+        // Checked before the hash is computed: a blocked guesser costs nothing.
+        let blocked = by_account
+            .check(&request.username, now)
+            .and_then(|()| by_address.check(&address, now));
+        if let Err(wait) = blocked {
+            self.gateway.metrics.login_failures.inc();
+            return self.rate_limited(id, wait).await;
+        }
         let accounts = &self.gateway.accounts;
         let auth = match accounts
             .authenticate(&request.username, &request.device_id, credential)
@@ -196,9 +234,14 @@ impl Session {
             Ok(auth) => auth,
             Err(e) => {
                 self.gateway.metrics.login_failures.inc();
+                if matches!(e, ServiceError::AuthFailed) {
+                    by_account.failed(&request.username, now);
+                    by_address.failed(&address, now);
+                }
                 return self.answer_service(id, Err(e)).await;
             }
         };
+        by_account.succeeded(&request.username);
         match self
             .start_session(auth.user.id, &request.device_id, platform)
             .await
@@ -364,6 +407,18 @@ impl Session {
             .as_ref()
             .expect("handlers past login run only when logged in")
             .caller
+    }
+
+    async fn rate_limited(&mut self, id: u64, wait: Duration) -> Flow {
+        let mut error = pb::Error::new(ErrorCode::RateLimited, "too many requests; slow down");
+        // Round up so a client that waits exactly this long finds a token.
+        error.retry_after_ms = u32::try_from(wait.as_millis() + 1).unwrap_or(u32::MAX);
+        tracing::debug!(
+            request_id = id,
+            retry_after_ms = error.retry_after_ms,
+            "rate limited"
+        );
+        self.answer(id, Err(error), false).await
     }
 
     async fn refuse(&mut self, id: u64, code: ErrorCode, message: &str) -> Flow {

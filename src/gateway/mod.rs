@@ -4,6 +4,7 @@
 
 mod connection;
 mod handlers;
+pub mod limits;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -61,6 +62,10 @@ pub struct Gateway {
     pub timeouts: Timeouts,
     /// Counters; only observed, never consulted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Failed logins per account name.
+    pub login_failures_by_account: limits::FailureLimiter,
+    /// Failed logins per peer address.
+    pub login_failures_by_address: limits::FailureLimiter,
 }
 
 impl Gateway {
@@ -70,6 +75,7 @@ impl Gateway {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let handshakes = limits::HandshakeGate::new(self.limits.handshakes_per_address);
         let next_id = AtomicU64::new(1);
         // Cancelled when the shutdown grace runs out: drops what is left.
         let abandon = CancellationToken::new();
@@ -90,6 +96,10 @@ impl Gateway {
                 tracing::warn!(%peer, "connection limit reached; closing new connection");
                 continue;
             };
+            let Some(handshake) = handshakes.enter(peer.ip()) else {
+                tracing::debug!(%peer, "too many handshakes in progress from this address; closing");
+                continue;
+            };
             configure(&stream);
             let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!(
@@ -105,7 +115,7 @@ impl Gateway {
             tracker.spawn(
                 async move {
                     tokio::select! {
-                        _ = connection::run(stream, gateway, shutdown) => {}
+                        _ = connection::run(stream, peer, handshake, gateway, shutdown) => {}
                         _ = abandon.cancelled() => tracing::debug!("dropped at shutdown"),
                     }
                     drop(slot);
