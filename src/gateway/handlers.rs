@@ -243,7 +243,7 @@ impl Session {
         };
         by_account.succeeded(&request.username);
         match self
-            .start_session(auth.user.id, &request.device_id, platform)
+            .start_session(&auth, &request.device_id, platform)
             .await
         {
             Ok((login, max_seq, acked_seq)) => {
@@ -267,22 +267,29 @@ impl Session {
     /// queue's top, so no notify can fall between the two.
     async fn start_session(
         &self,
-        user: u64,
+        auth: &Authenticated,
         device_id: &str,
         platform: Platform,
     ) -> Result<(Login, u64, u64), ServiceError> {
+        let user = auth.user.id;
         let registry = &self.gateway.registry;
         let registration = registry.register(user, device_id, platform, self.signal.clone());
         let caller = Caller {
             user,
             device_id: device_id.to_owned(),
         };
-        match self
-            .gateway
-            .messaging
-            .device_logged_in(&caller, platform as i32)
-            .await
-        {
+        let accounts = &self.gateway.accounts;
+        let started = match accounts.still_valid(user, &auth.token_hash) {
+            Ok(true) => {
+                self.gateway
+                    .messaging
+                    .device_logged_in(&caller, platform as i32)
+                    .await
+            }
+            Ok(false) => Err(ServiceError::AuthFailed),
+            Err(e) => Err(e),
+        };
+        match started {
             Ok((max_seq, acked_seq)) => {
                 let login = Login {
                     caller,

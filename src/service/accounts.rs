@@ -211,6 +211,15 @@ impl Accounts {
         Ok(())
     }
 
+    /// Whether a login is still allowed: the user is not disabled and the
+    /// token it holds was not revoked. Asked again after the session is
+    /// registered, so a disable or revoke that raced the login either is seen
+    /// here or finds the session registered and kicks it.
+    pub fn still_valid(&self, user: UserId, token_hash: &[u8; 32]) -> Result<bool, ServiceError> {
+        let enabled = self.store.user(user)?.is_some_and(|u| !u.disabled);
+        Ok(enabled && self.store.token(token_hash)?.is_some())
+    }
+
     /// Look a user up by name.
     pub fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, ServiceError> {
         Ok(self.store.user_by_name(username)?)
