@@ -16,6 +16,14 @@ impl Figures {
         self.0.push((name.into(), value));
     }
 
+    /// Add `value` to the figure `name` (created at 0 if missing).
+    pub fn accumulate(&mut self, name: &str, value: f64) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v += value,
+            None => self.add(name, value),
+        }
+    }
+
     /// Add the percentiles of a latency histogram under `prefix`.
     pub fn latency(&mut self, prefix: &str, p: &Percentiles) {
         self.add(format!("{prefix}_count"), p.count as f64);

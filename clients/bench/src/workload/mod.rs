@@ -108,7 +108,7 @@ impl Ctx {
             .await?;
         let secs = started.elapsed().as_secs_f64();
         if secs > 1.0 {
-            figures.add("setup_accounts_s", secs);
+            figures.accumulate("setup_accounts_s", secs);
         }
         Ok(accounts)
     }
