@@ -30,6 +30,32 @@ impl Envelope {
     }
 }
 
+impl Body {
+    /// A short, stable name for the body's kind, for logs, metrics labels
+    /// and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Body::Register(_) => "register",
+            Body::Login(_) => "login",
+            Body::Logout(_) => "logout",
+            Body::Ping(_) => "ping",
+            Body::Send(_) => "send",
+            Body::Pull(_) => "pull",
+            Body::Ack(_) => "ack",
+            Body::Registered(_) => "registered",
+            Body::LoggedIn(_) => "logged_in",
+            Body::LoggedOut(_) => "logged_out",
+            Body::Pong(_) => "pong",
+            Body::Sent(_) => "sent",
+            Body::Pulled(_) => "pulled",
+            Body::Acked(_) => "acked",
+            Body::Error(_) => "error",
+            Body::Notify(_) => "notify",
+            Body::Kick(_) => "kick",
+        }
+    }
+}
+
 impl pb::Error {
     /// An error answer with the given code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {

@@ -118,7 +118,7 @@ impl Session {
                 .refuse(0, ErrorCode::InvalidArgument, "request_id must be non-zero")
                 .await;
         }
-        tracing::debug!(request_id = id, kind = body_kind(&body), "request");
+        tracing::debug!(request_id = id, kind = body.name(), "request");
         if self.login.is_some() {
             let now = Instant::now();
             let limited = self.requests.take(now).and_then(|()| match body {
@@ -152,10 +152,7 @@ impl Session {
             (true, Body::Ack(a)) => self.ack(id, a).await,
             (true, Body::Logout(_)) => self.logout(id).await,
             (_, other) => {
-                let message = format!(
-                    "{} is sent by the server, not by clients",
-                    body_kind(&other)
-                );
+                let message = format!("{} is sent by the server, not by clients", other.name());
                 self.refuse(id, ErrorCode::UnknownRequest, &message).await
             }
         }
@@ -530,27 +527,5 @@ fn to_wire_message(d: Delivered) -> pb::Message {
         content: m.content,
         sent_at_ms: crate::store::msg_id_time_ms(m.msg_id),
         client_msg_id: m.client_msg_id,
-    }
-}
-
-fn body_kind(body: &Body) -> &'static str {
-    match body {
-        Body::Register(_) => "register",
-        Body::Login(_) => "login",
-        Body::Logout(_) => "logout",
-        Body::Ping(_) => "ping",
-        Body::Send(_) => "send",
-        Body::Pull(_) => "pull",
-        Body::Ack(_) => "ack",
-        Body::Registered(_) => "registered",
-        Body::LoggedIn(_) => "logged_in",
-        Body::LoggedOut(_) => "logged_out",
-        Body::Pong(_) => "pong",
-        Body::Sent(_) => "sent",
-        Body::Pulled(_) => "pulled",
-        Body::Acked(_) => "acked",
-        Body::Error(_) => "error",
-        Body::Notify(_) => "notify",
-        Body::Kick(_) => "kick",
     }
 }

@@ -176,7 +176,7 @@ macro_rules! expect_answer {
             other => Err(SdkError::Protocol(format!(
                 "expected {} but the server answered {}",
                 stringify!($variant),
-                shared::body_name(&other)
+                other.name()
             ))),
         }
     };

@@ -129,7 +129,7 @@ impl Shared {
     /// (an `Error` answer comes back as `Ok(Body::Error)`).
     pub(super) async fn exchange(&self, body: Body) -> Result<Body, SdkError> {
         let id = self.fresh_id();
-        let what = body_name(&body);
+        let what = body.name();
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.pending.lock().expect("pending lock poisoned");
@@ -384,27 +384,4 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// A short name for a body kind, for errors and logs.
-pub(crate) fn body_name(body: &Body) -> &'static str {
-    match body {
-        Body::Register(_) => "register",
-        Body::Login(_) => "login",
-        Body::Logout(_) => "logout",
-        Body::Ping(_) => "ping",
-        Body::Send(_) => "send",
-        Body::Pull(_) => "pull",
-        Body::Ack(_) => "ack",
-        Body::Registered(_) => "registered",
-        Body::LoggedIn(_) => "logged_in",
-        Body::LoggedOut(_) => "logged_out",
-        Body::Pong(_) => "pong",
-        Body::Sent(_) => "sent",
-        Body::Pulled(_) => "pulled",
-        Body::Acked(_) => "acked",
-        Body::Error(_) => "error",
-        Body::Notify(_) => "notify",
-        Body::Kick(_) => "kick",
-    }
 }
