@@ -243,17 +243,10 @@ impl Metrics {
     pub fn frame_in(&self, envelope: &Envelope) {
         self.bytes_in
             .add(envelope.encoded_len() as u64 + LENGTH_PREFIX);
-        let kind = match &envelope.body {
-            Some(Body::Register(_)) => "register",
-            Some(Body::Login(_)) => "login",
-            Some(Body::Logout(_)) => "logout",
-            Some(Body::Ping(_)) => "ping",
-            Some(Body::Send(_)) => "send",
-            Some(Body::Pull(_)) => "pull",
-            Some(Body::Ack(_)) => "ack",
-            _ => return,
-        };
-        self.request(kind);
+        // Only client request kinds are counted (see REQUEST_KINDS).
+        if let Some(body) = &envelope.body {
+            self.request(body.name());
+        }
     }
 
     /// A frame about to be written: its bytes, and notifies, kicks and
