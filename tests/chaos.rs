@@ -15,11 +15,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use checker::{ClientLog, Delivery};
+use common::process::{serve_args, Pigeond};
 use common::{ca_path, RawClient, PASSWORD, WAIT};
 use pigeon_protocol::Platform;
 use pigeon_sdk::{
@@ -27,67 +27,9 @@ use pigeon_sdk::{
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 const USERS: usize = 4;
-
-/// A pigeond child on a fixed port (so clients find it after restarts).
-struct Pigeond {
-    child: Child,
-}
-
-impl Pigeond {
-    fn spawn(data: &Path, addr: SocketAddr) -> (Pigeond, tokio::sync::oneshot::Receiver<()>) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pigeond"))
-            .args([
-                "serve",
-                "--log-json",
-                "--admin",
-                "off",
-                "--listen",
-                &addr.to_string(),
-                "--data",
-            ])
-            .arg(data)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("pigeond starts");
-        let (ready_tx, ready) = tokio::sync::oneshot::channel();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("\"serving\"") {
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-            }
-        });
-        (Pigeond { child }, ready)
-    }
-
-    /// Start and wait until it serves.
-    async fn start(data: &Path, addr: SocketAddr) -> Pigeond {
-        let (process, ready) = Pigeond::spawn(data, addr);
-        tokio::time::timeout(WAIT, ready)
-            .await
-            .expect("pigeond serves in time")
-            .expect("pigeond serves");
-        process
-    }
-
-    async fn kill(mut self) {
-        self.child.start_kill().expect("SIGKILL is delivered");
-        self.child.wait().await.expect("pigeond is reaped");
-    }
-}
 
 fn client(addr: SocketAddr, user: &str, profile: &Path) -> Client {
     let tls = tls::client_config_from_ca_file(ca_path()).unwrap();
@@ -223,7 +165,8 @@ async fn answered_messages_survive_sigkill_at_random_moments() {
     let mut rng = StdRng::seed_from_u64(seed);
     let data = tempfile::tempdir().unwrap();
     let addr = free_loopback_addr();
-    let mut server = Pigeond::start(data.path(), addr).await;
+    let args = || serve_args(data.path(), &addr.to_string(), &[]);
+    let (mut server, _) = Pigeond::start(args()).await;
 
     let names: Vec<String> = (0..USERS).map(|i| format!("user{i}")).collect();
     let mut setup = RawClient::connect(addr).await;
@@ -257,11 +200,11 @@ async fn answered_messages_survive_sigkill_at_random_moments() {
         server.kill().await;
         if cycle % 2 == 1 {
             // Kill again while it is starting and opening the store.
-            let (starting, _ready) = Pigeond::spawn(data.path(), addr);
+            let (starting, _serving) = Pigeond::spawn(args());
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..50))).await;
             starting.kill().await;
         }
-        server = Pigeond::start(data.path(), addr).await;
+        server = Pigeond::start(args()).await.0;
     }
     stop.cancel();
 

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pigeon_protocol::{pb, Body, Envelope, KickReason, Platform};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixDatagram};
 use tokio::process::{Child, Command};
@@ -238,18 +237,8 @@ async fn sigterm_answers_what_was_read_then_kicks_everyone_and_exits_cleanly() {
 /// flight back, then goes silent: its handshake cannot end before the
 /// (long) handshake timeout.
 async fn stalled_handshake(addr: SocketAddr) -> TcpStream {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_path()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tls = rustls::ClientConnection::new(client_tls_config(), name).unwrap();
     let mut hello = Vec::new();
     tls.write_tls(&mut hello).unwrap();
     let mut tcp = TcpStream::connect(addr).await.unwrap();

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,7 +154,7 @@ impl TestServer {
 }
 
 /// TLS client config trusting the dev CA.
-pub fn tls_connector() -> TlsConnector {
+pub fn client_tls_config() -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_path()).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -163,7 +165,12 @@ pub fn tls_connector() -> TlsConnector {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    Arc::new(config)
+}
+
+/// A connector trusting the dev CA.
+pub fn tls_connector() -> TlsConnector {
+    TlsConnector::from(client_tls_config())
 }
 
 /// A TLS connection to the server, for sending raw bytes.
