@@ -1,0 +1,236 @@
+//! Micro-benchmarks of the data path's pieces, under criterion:
+//!
+//! - `codec`: encode and decode one 100-byte send frame, and a pull page of
+//!   100 messages (what a draining device receives);
+//! - `store/append`: one `Store::apply` of N sends then `sync` (the
+//!   committer's group commit), for N = 1, 32, 256, with fsync and with
+//!   buffered durability, so the flush's share is visible;
+//! - `store/pull_ack_collect`: pull 100 queued entries, ack them, collect
+//!   them (entries and bodies deleted), sync.
+//!
+//! Group fan-out is not here: pigeon has no groups yet.
+//!
+//! ```text
+//! cargo bench --bench micro
+//! cargo bench --bench micro -- codec          # one group
+//! ```
+//!
+//! Temporary directories only; nothing touches the network.
+
+use std::cell::Cell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use pigeon_protocol::pb;
+use pigeon_protocol::{Body, Codec, Envelope};
+use pigeon_server::store::{
+    Durability, NewMessage, SledStore, Store, WriteOp, MSG_ID_COUNTER_BITS,
+};
+use tokio_util::codec::{Decoder, Encoder};
+
+const PAYLOAD: usize = 100;
+
+fn send_envelope(i: u64) -> Envelope {
+    Envelope::new(
+        i,
+        Body::Send(pb::SendRequest {
+            to_user_id: 2,
+            to_username: String::new(),
+            client_msg_id: format!("m{i}"),
+            content_type: "text/plain".into(),
+            content: Bytes::from(vec![b'x'; PAYLOAD]),
+        }),
+    )
+}
+
+fn page_envelope(n: u64) -> Envelope {
+    let messages = (1..=n)
+        .map(|seq| pb::Message {
+            seq,
+            msg_id: seq << 16,
+            from_user_id: 1,
+            from_username: "alice".into(),
+            to_user_id: 2,
+            to_username: "bob".into(),
+            from_device_id: "phone".into(),
+            content_type: "text/plain".into(),
+            content: Bytes::from(vec![b'x'; PAYLOAD]),
+            sent_at_ms: 1_700_000_000_000,
+            client_msg_id: format!("m{seq}"),
+        })
+        .collect();
+    Envelope::new(
+        7,
+        Body::Pulled(pb::PullResponse {
+            messages,
+            max_seq: n,
+            has_more: false,
+            acked_seq: 0,
+        }),
+    )
+}
+
+fn codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("codec");
+    for (name, envelope) in [
+        ("send_100B", send_envelope(1)),
+        ("page_100x100B", page_envelope(100)),
+    ] {
+        let mut encoded = BytesMut::new();
+        Codec::default()
+            .encode(&envelope, &mut encoded)
+            .expect("encodes");
+        group.throughput(Throughput::Bytes(encoded.len() as u64));
+        group.bench_function(BenchmarkId::new("encode", name), |b| {
+            let mut buf = BytesMut::with_capacity(encoded.len());
+            b.iter(|| {
+                buf.clear();
+                Codec::default()
+                    .encode(&envelope, &mut buf)
+                    .expect("encodes");
+            })
+        });
+        group.bench_function(BenchmarkId::new("decode", name), |b| {
+            b.iter_batched(
+                || encoded.clone(),
+                |mut src| Codec::default().decode(&mut src).expect("decodes"),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+/// Message ids the way the committer issues them: time << 16 | counter,
+/// always increasing.
+struct Ids(Cell<u64>);
+
+impl Ids {
+    fn next(&self) -> u64 {
+        let id = (now_ms() << MSG_ID_COUNTER_BITS).max(self.0.get() + 1);
+        self.0.set(id);
+        id
+    }
+}
+
+fn send_op(ids: &Ids, from: u64, to: u64) -> WriteOp {
+    let msg_id = ids.next();
+    WriteOp::Send {
+        message: NewMessage {
+            msg_id,
+            from,
+            from_device: "bench".into(),
+            to,
+            client_msg_id: format!("c{msg_id}"),
+            content_type: "text/plain".into(),
+            content: Bytes::from(vec![b'x'; PAYLOAD]),
+        },
+        dedupe_since_ms: 0,
+    }
+}
+
+fn open(durability: Durability) -> (tempfile::TempDir, SledStore, u64, u64) {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let store = SledStore::open(dir.path(), durability).expect("the store opens");
+    let alice = store
+        .create_user("alice", "x", now_ms())
+        .expect("created")
+        .expect("new")
+        .id;
+    let bob = store
+        .create_user("bob", "x", now_ms())
+        .expect("created")
+        .expect("new")
+        .id;
+    (dir, store, alice, bob)
+}
+
+fn append(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store/append");
+    group.measurement_time(Duration::from_secs(5));
+    for (mode, durability) in [
+        ("fsync", Durability::Fsync),
+        ("buffered", Durability::Buffered),
+    ] {
+        let (_dir, store, alice, bob) = open(durability);
+        let ids = Ids(Cell::new(0));
+        for batch in [1usize, 32, 256] {
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_function(BenchmarkId::new(mode, batch), |b| {
+                b.iter_batched(
+                    || {
+                        (0..batch)
+                            .map(|_| send_op(&ids, alice, bob))
+                            .collect::<Vec<_>>()
+                    },
+                    |ops| {
+                        store.apply(&ops).expect("applied");
+                        store.sync().expect("synced");
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+fn pull_ack_collect(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store/pull_ack_collect");
+    group.measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(100));
+    let (_dir, store, alice, bob) = open(Durability::Fsync);
+    let ids = Ids(Cell::new(0));
+    store
+        .apply(&[WriteOp::Touch {
+            user: bob,
+            device_id: "bench".into(),
+            platform: 6,
+            now_ms: now_ms(),
+        }])
+        .expect("touched");
+    group.bench_function("fsync_100", |b| {
+        b.iter_batched(
+            || {
+                let ops: Vec<_> = (0..100).map(|_| send_op(&ids, alice, bob)).collect();
+                store.apply(&ops).expect("queued");
+                store.sync().expect("synced");
+            },
+            |()| {
+                let page = store.pull(bob, 0, 100).expect("pulled");
+                let top = page.messages.last().map_or(0, |m| m.seq);
+                let now = now_ms();
+                store
+                    .apply(&[
+                        WriteOp::Ack {
+                            user: bob,
+                            device_id: "bench".into(),
+                            seq: top,
+                            now_ms: now,
+                        },
+                        WriteOp::Collect {
+                            user: bob,
+                            active_since_ms: 0,
+                            retain_since_ms: now + 1,
+                            limit: 1000,
+                        },
+                    ])
+                    .expect("acked and collected");
+                store.sync().expect("synced");
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, append, pull_ack_collect);
+criterion_main!(benches);
