@@ -33,6 +33,13 @@ enum Command {
     Admin(pigeon_server::admin::cli::AdminArgs),
     /// Copy the store consistently into a new directory (running or stopped).
     Backup(pigeon_server::admin::cli::BackupArgs),
+    /// Check a stopped store for damage (on a copy; the directory is not
+    /// written): exit 0 if clean, otherwise list the problems and exit 1.
+    Verify {
+        /// Data directory.
+        #[arg(long, default_value_os_t = Config::default().data_dir)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +93,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Admin(args) => Ok(pigeon_server::admin::cli::run_admin(args)?),
         Command::Backup(args) => Ok(pigeon_server::admin::cli::run_backup(args)?),
+        Command::Verify { data } => {
+            let report = pigeon_server::store::verify(&data)?;
+            print!("{}", report.render(&data));
+            anyhow::ensure!(
+                report.is_clean(),
+                "{} problem(s) in {}",
+                report.problem_count,
+                data.display()
+            );
+            Ok(())
+        }
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::from_file(&file)?;
             config.validate()?;

@@ -281,6 +281,9 @@ impl Writer {
                 for (_, reply) in batch.drain() {
                     let _ = reply.send(Err(clone_error(&e)));
                 }
+                if let Some(reason) = self.store.failure() {
+                    fail_stop(&reason);
+                }
             }
         }
     }
@@ -303,6 +306,25 @@ impl Writer {
             self.notifier.notify(message.from, *sender_seq);
         }
     }
+}
+
+/// Exit status when the store failed in a way only a restart cures.
+pub const EXIT_STORE_FAILED: i32 = 75;
+
+/// The store cannot take writes again in this process (sled 0.34 fails
+/// every write after one I/O error, and its memory may hold a batch whose
+/// sync failed, which a read could hand out). Every answered send was
+/// synced before its answer, so exiting at once loses nothing answered and
+/// stops anything unsynced from being served; the supervisor restarts
+/// pigeond, which reopens the store from what is on disk.
+fn fail_stop(reason: &str) -> ! {
+    tracing::error!(
+        error = %reason,
+        exit_status = EXIT_STORE_FAILED,
+        "the store failed; exiting so that a restart reopens it from disk"
+    );
+    eprintln!("pigeond: the store failed ({reason}); exiting for a restart");
+    std::process::exit(EXIT_STORE_FAILED)
 }
 
 fn clone_error(e: &StoreError) -> StoreError {

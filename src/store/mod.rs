@@ -21,6 +21,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+pub use sled_store::verify::{verify, VerifyReport};
 pub use sled_store::SledStore;
 
 /// A user's numeric id (assigned by the store, starting at 1).
@@ -394,4 +395,11 @@ pub trait Store: Send + Sync + 'static {
     /// Check that the store still takes writes (for the readiness probe):
     /// writes a small marker record, without syncing.
     fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Why the store no longer takes writes, if a write or sync failed in a
+    /// way the engine cannot recover from in this process (sled 0.34 after
+    /// an I/O error). The caller should stop and restart.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }

@@ -27,12 +27,16 @@ mod accounts;
 mod backup;
 mod batch;
 mod files;
+mod manifest;
 #[cfg(test)]
 mod tests;
+pub(crate) mod verify;
 
+use std::cell::Cell;
 use std::ops::Bound;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, Once, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use sled::Tree;
@@ -46,6 +50,7 @@ use super::{
     StoreStats, StoredMessage, TokenRecord, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use files::SyncFiles;
+use manifest::{Committed, Manifest};
 
 /// The schema version this build reads and writes. Bump it when a key or
 /// value layout changes incompatibly, and add the step to [`SledStore::migrate`].
@@ -67,6 +72,12 @@ pub struct SledOptions {
     /// How often sled's background flusher writes and fsyncs; it bounds the
     /// loss window of [`Durability::Buffered`].
     pub flush_every_ms: Option<u64>,
+    /// Below this much free space on the data directory's filesystem, sends
+    /// and new users are refused (retryable) before sled writes anything;
+    /// below a quarter of it, every write is. sled 0.34 cannot recover from
+    /// running out of space itself (every later write fails until restart),
+    /// so the store stops short of it. 0 turns the guard off.
+    pub min_free_bytes: u64,
 }
 
 impl Default for SledOptions {
@@ -74,6 +85,7 @@ impl Default for SledOptions {
         SledOptions {
             cache_capacity_bytes: 64 * 1024 * 1024,
             flush_every_ms: Some(500),
+            min_free_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -123,6 +135,13 @@ pub struct SledStore {
     trees: Trees,
     durability: Durability,
     files: SyncFiles,
+    /// The record of what the last sync made durable.
+    manifest: Manifest,
+    /// See [`SledOptions::min_free_bytes`].
+    min_free_bytes: u64,
+    /// Set by the first I/O error of a sled write or sync: sled 0.34 keeps
+    /// failing after one, and its memory may hold writes the disk does not.
+    failed: Mutex<Option<String>>,
     /// Taken shared by every write and exclusively by a backup.
     write_gate: RwLock<()>,
     /// Held for the store's life: one process per data directory.
@@ -143,9 +162,53 @@ impl SledStore {
         durability: Durability,
         options: &SledOptions,
     ) -> Result<SledStore, StoreError> {
+        let (store, recorded) = Self::open_unchecked(path, durability, options)?;
+        let found = store.committed()?;
+        match recorded {
+            manifest::Read::Found(recorded) => {
+                if let Some(loss) = recorded.lost_by(&found) {
+                    return Err(StoreError::Corrupt(format!(
+                        "{loss}. sled opened {} without an error, so its log or a snapshot \
+                         was damaged (it stops reading at the first bad record). Keep a copy of \
+                         the directory, run `pigeond verify`, and restore the last backup",
+                        path.display()
+                    )));
+                }
+            }
+            manifest::Read::Missing if found != Committed::fresh() => {
+                tracing::warn!(
+                    data_dir = %path.display(),
+                    "the store has data but no {}: recording one now (a store from an \
+                     older pigeond, or a restored backup)",
+                    manifest::MANIFEST_FILE
+                );
+            }
+            manifest::Read::Missing => {}
+        }
+        store.check_schema()?;
+        store.record_committed(true)?;
+        Ok(store)
+    }
+
+    /// Opens sled and the manifest without comparing them (verify reports
+    /// instead of refusing). Returns what the manifest held before.
+    fn open_unchecked(
+        path: &Path,
+        durability: Durability,
+        options: &SledOptions,
+    ) -> Result<(SledStore, manifest::Read), StoreError> {
         let created = !path.exists();
         let lock = files::lock_dir(path)?;
         files::remove_unfinished_snapshots(path)?;
+        let recorded = manifest::read(path)?;
+        if recorded != manifest::Read::Missing && !path.join("db").exists() {
+            return Err(StoreError::Corrupt(format!(
+                "{} has a {} but no sled `db` file: the store's data is gone. \
+                 Restore the last backup",
+                path.display(),
+                manifest::MANIFEST_FILE
+            )));
+        }
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_capacity_bytes)
@@ -153,16 +216,39 @@ impl SledStore {
         let db = open_db(&config)?;
         let trees = Trees::open(&db)?;
         let files = SyncFiles::open(path, created)?;
+        let manifest = Manifest::open(path)?;
         let store = SledStore {
             db,
             trees,
             durability,
             files,
+            manifest,
+            min_free_bytes: options.min_free_bytes,
+            failed: Mutex::new(None),
             write_gate: RwLock::new(()),
             _lock: lock,
         };
-        store.check_schema()?;
-        Ok(store)
+        Ok((store, recorded))
+    }
+
+    /// What the store holds of the values the manifest vouches for.
+    fn committed(&self) -> Result<Committed, StoreError> {
+        let next_user_id =
+            match Self::read_u64(&self.trees.meta, META_NEXT_USER_ID, "next user id")? {
+                0 => 1,
+                id => id,
+            };
+        Ok(Committed {
+            msgid_floor: self.msg_id_floor()?,
+            next_user_id,
+        })
+    }
+
+    /// Writes the manifest with what the store holds; call only after the
+    /// store's files are synced as far as `durable` claims.
+    fn record_committed(&self, durable: bool) -> Result<(), StoreError> {
+        let committed = self.committed()?;
+        self.manifest.record(committed, durable)
     }
 
     /// Reads the schema version, writing it (durably) into a new store.
@@ -209,6 +295,50 @@ impl SledStore {
                 expected: SCHEMA_VERSION,
             }),
         }
+    }
+
+    /// Refuses writes once sled has failed one (see `failed`).
+    fn check_healthy(&self) -> Result<(), StoreError> {
+        match self.failure() {
+            Some(reason) => Err(StoreError::Io(format!(
+                "the store stopped taking writes after an I/O error ({reason}); \
+                 pigeond must restart"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Remembers an I/O error of a write or sync as the store's failure.
+    fn track<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Io(reason)) = &result {
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            if failed.is_none() {
+                tracing::error!(error = %reason, "store write failed; refusing writes until restart");
+                *failed = Some(reason.clone());
+            }
+        }
+        result
+    }
+
+    /// The free-space guard (see [`SledOptions::min_free_bytes`]): `grows`
+    /// says the write stores new messages or users.
+    fn check_space(&self, grows: bool) -> Result<(), StoreError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let free = files::free_bytes(&self.files.path)?;
+        let need = if grows {
+            self.min_free_bytes
+        } else {
+            self.min_free_bytes / 4
+        };
+        if free < need {
+            return Err(StoreError::Io(format!(
+                "the data directory's filesystem has {free} bytes free, below the {need} \
+                 bytes kept in reserve; writes resume when space is freed"
+            )));
+        }
+        Ok(())
     }
 
     /// Flushes sled's log, then fsyncs what `flush` does not (STORE-NOTES 2).
@@ -262,15 +392,31 @@ impl SledStore {
 impl Store for SledStore {
     fn apply(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
         let _writing = self.writing();
-        batch::apply(&self.trees, ops)
+        self.check_healthy()?;
+        let grows = ops.iter().any(|op| matches!(op, WriteOp::Send { .. }));
+        self.check_space(grows)?;
+        self.track(batch::apply(&self.trees, ops))
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        match self.durability {
-            Durability::Fsync => self.fsync(),
-            Durability::Flush => self.db.flush().map(drop).map_err(from_sled),
-            Durability::Buffered => Ok(()),
-        }
+        self.check_healthy()?;
+        // Read before the flush: the flush makes at least this durable.
+        let committed = self.committed()?;
+        let synced = match self.durability {
+            Durability::Fsync => self.fsync().map(|()| true),
+            Durability::Flush => self.db.flush().map(|_| false).map_err(from_sled),
+            // Nothing is durable yet, so the manifest must not claim it.
+            Durability::Buffered => return Ok(()),
+        };
+        let durable = self.track(synced)?;
+        self.track(self.manifest.record(committed, durable))
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn create_user(
@@ -280,7 +426,14 @@ impl Store for SledStore {
         now_ms: u64,
     ) -> Result<Option<UserRecord>, StoreError> {
         let _writing = self.writing();
-        let created = batch::create_user(&self.trees, username, password_hash, now_ms)?;
+        self.check_healthy()?;
+        self.check_space(true)?;
+        let created = self.track(batch::create_user(
+            &self.trees,
+            username,
+            password_hash,
+            now_ms,
+        ))?;
         if created.is_some() {
             self.sync()?;
         }
@@ -314,7 +467,9 @@ impl Store for SledStore {
 
     fn put_token(&self, token_hash: &[u8; 32], token: &TokenRecord) -> Result<(), StoreError> {
         let _writing = self.writing();
-        accounts::put_token(&self.trees, token_hash, token)?;
+        self.check_healthy()?;
+        self.check_space(false)?;
+        self.track(accounts::put_token(&self.trees, token_hash, token))?;
         self.sync()
     }
 
@@ -511,6 +666,10 @@ impl Store for SledStore {
 
     fn check_writable(&self) -> Result<(), StoreError> {
         let _writing = self.writing();
+        self.check_healthy()?;
+        // The probe writes nothing when sends are refused for space: its
+        // marker would be the write that fills the disk.
+        self.check_space(true)?;
         let now = crate::clock::now_ms();
         self.trees
             .meta
@@ -528,13 +687,65 @@ impl Store for SledStore {
 fn open_db(config: &sled::Config) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match config.open() {
+        match open_catching_panics(config)? {
             Err(sled::Error::Io(e)) if is_lock_conflict(&e) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(sled::Error::Corruption { .. }) => {
+                return Err(StoreError::Corrupt(
+                    "sled found a damaged record in its files (`conf`, `db` or a `snap.*` \
+                     snapshot) and will not open them"
+                        .into(),
+                ))
             }
             result => return result.map_err(from_sled),
         }
     }
+}
+
+thread_local! {
+    /// True while this thread runs sled code whose panics are reported as
+    /// an error instead of by the panic hook (see [`catching_panics`]).
+    static OPENING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// sled 0.34.7 panics, rather than returning an error, on some damage to
+/// its files (a truncated `db`, a flipped byte in an early segment: "tried
+/// to serialize Uninitialized" while rewriting its snapshot). The panic is
+/// turned into [`StoreError::Corrupt`] so that pigeond can say what is
+/// wrong and exit, and the panic hook stays quiet for it.
+fn open_catching_panics(config: &sled::Config) -> Result<sled::Result<sled::Db>, StoreError> {
+    catching_panics(|| config.open()).map_err(|message| {
+        StoreError::Corrupt(format!(
+            "sled failed while reading its files ({message}): its log (`db`) or a snapshot \
+             (`snap.*`) is damaged"
+        ))
+    })
+}
+
+/// Runs `f`, turning a panic into its message, with the panic hook quiet
+/// for it. sled 0.34.7 also panics on reads of some damaged pages (a
+/// failed assertion in `node.rs`), which `verify` must survive.
+pub(crate) fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static QUIET_HOOK: Once = Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !OPENING.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = OPENING.with(|o| o.replace(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    OPENING.with(|o| o.set(was));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned())
+    })
 }
 
 /// How long [`open_db`] waits for sled's lock.

@@ -73,6 +73,8 @@ pub(super) fn remove_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> 
 
 /// Open handles for the fsyncs that make sled's `flush` durable.
 pub(super) struct SyncFiles {
+    /// The data directory's path (for the free-space guard).
+    pub(super) path: PathBuf,
     /// The data directory: its entries (new blobs, renamed snapshots).
     dir: File,
     /// sled's log and page file; `flush` only `sync_file_range`s it.
@@ -93,6 +95,7 @@ impl SyncFiles {
     pub(super) fn open(dir: &Path, created: bool) -> Result<SyncFiles, StoreError> {
         let open = |path: &Path| File::open(path).map_err(|e| io_error("cannot open", path, e));
         let files = SyncFiles {
+            path: dir.to_owned(),
             dir: open(dir)?,
             db: open(&dir.join("db"))?,
             blobs: dir.join("blobs"),
@@ -173,4 +176,9 @@ fn fsync_blob(path: &Path) -> Result<bool, StoreError> {
 
 fn open_dir(path: &Path) -> Result<File, StoreError> {
     File::open(path).map_err(|e| io_error("cannot open", path, e))
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s filesystem.
+pub(super) fn free_bytes(dir: &Path) -> Result<u64, StoreError> {
+    fs2::available_space(dir).map_err(|e| io_error("cannot read the free space of", dir, e))
 }
