@@ -85,7 +85,7 @@ impl Server {
     /// Validate the config, open the store, load TLS and start the writer.
     pub fn open(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
-        let acceptor = gateway::tls::acceptor(&config.tls)?;
+        let tls = Arc::new(gateway::tls::ServerTls::load(&config.tls)?);
         let store: Arc<dyn Store> = Arc::new(
             SledStore::open(&config.data_dir, config.messaging.durability).map_err(|source| {
                 ServerError::Store {
@@ -124,7 +124,7 @@ impl Server {
             a.max_concurrent_hashes,
         ));
         let gateway = Arc::new(Gateway {
-            acceptor,
+            tls,
             accounts,
             messaging: messaging.clone(),
             registry,
@@ -183,6 +183,12 @@ impl Server {
     /// The admin listener's address, once [`Server::start_admin`] bound it.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(admin::AdminServer::addr)
+    }
+
+    /// The certificate the server presents; [`gateway::tls::ServerTls::reload`]
+    /// swaps it for the one now in the configured files.
+    pub fn tls(&self) -> Arc<gateway::tls::ServerTls> {
+        self.gateway.tls.clone()
     }
 
     /// The server's counters (what `/metrics` renders).
@@ -266,11 +272,16 @@ impl Server {
     }
 }
 
-/// Open, bind the configured address and serve until `shutdown`.
+/// Open, bind the configured address and serve until `shutdown`; reload
+/// the TLS certificate and key on SIGHUP meanwhile.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
     let mut server = Server::open(config)?;
     let listener = server.bind()?;
     server.start_admin().await?;
+    tokio::spawn(gateway::tls::reload_on_sighup(
+        server.tls(),
+        shutdown.clone(),
+    ));
     server.serve(listener, shutdown).await;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `pigeond`: reads the command line and config, starts tracing, and runs
-//! the server until SIGTERM or Ctrl-C. No logic lives here.
+//! the server until SIGTERM or Ctrl-C (SIGHUP reloads the certificate, in
+//! `pigeon_server::run`). No logic lives here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -54,7 +54,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let _open = gateway.metrics.connection_opened();
-    let handshake = timeout(gateway.timeouts.handshake, gateway.acceptor.accept(stream)).await;
+    let acceptor = gateway.tls.acceptor();
+    let handshake = timeout(gateway.timeouts.handshake, acceptor.accept(stream)).await;
     drop(handshake_slot);
     let tls = match handshake {
         Ok(Ok(tls)) => tls,

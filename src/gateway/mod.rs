@@ -1,4 +1,4 @@
-//! The network edge: listener and socket options, the TLS acceptor, and one
+//! The network edge: listener and socket options, TLS (reloadable), and one
 //! task per connection that turns frames into service calls. The gateway
 //! never touches the store.
 
@@ -15,7 +15,6 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -48,8 +47,9 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 /// Everything a connection task needs, shared by all of them.
 pub struct Gateway {
-    /// TLS, built once.
-    pub acceptor: TlsAcceptor,
+    /// The certificate presented, swapped on reload; each connection takes
+    /// the current config.
+    pub tls: Arc<tls::ServerTls>,
     /// Register, login, logout.
     pub accounts: Arc<Accounts>,
     /// Send, pull, ack.
