@@ -186,6 +186,9 @@ impl SledStore {
             manifest::Read::Missing => {}
         }
         store.check_schema()?;
+        // What sled recovered may sit only in the page cache (a crash under
+        // `flush` durability): make it durable before the manifest vouches.
+        store.fsync()?;
         store.record_committed(true)?;
         Ok(store)
     }
@@ -402,14 +405,17 @@ impl Store for SledStore {
         self.check_healthy()?;
         // Read before the flush: the flush makes at least this durable.
         let committed = self.committed()?;
-        let synced = match self.durability {
-            Durability::Fsync => self.fsync().map(|()| true),
-            Durability::Flush => self.db.flush().map(|_| false).map_err(from_sled),
-            // Nothing is durable yet, so the manifest must not claim it.
+        match self.durability {
+            Durability::Fsync => {}
+            // Nothing is durable against power loss yet, so the manifest
+            // must not claim it: the OS may write the manifest's page back
+            // before sled's, and a power cut would then refuse a store
+            // that lost only what `flush` may lose.
+            Durability::Flush => return self.track(self.db.flush().map(drop).map_err(from_sled)),
             Durability::Buffered => return Ok(()),
-        };
-        let durable = self.track(synced)?;
-        self.track(self.manifest.record(committed, durable))
+        }
+        self.track(self.fsync())?;
+        self.track(self.manifest.record(committed, true))
     }
 
     fn failure(&self) -> Option<String> {
