@@ -50,7 +50,8 @@ pub(super) fn finish_tx<T>(
 /// devices between the scan and the transaction, and the transaction
 /// re-reads every key it found.
 struct CollectScan {
-    /// The lowest seqs of the user's queue, in order.
+    /// The lowest seqs of the user's queue, in order, up to the first entry
+    /// no Collect of the batch could take.
     seqs: Vec<Seq>,
     /// True if `seqs` is the whole queue.
     complete: bool,
@@ -58,33 +59,80 @@ struct CollectScan {
     devices: Vec<Vec<u8>>,
 }
 
+/// Per user: how far the batch's Collects could possibly reach.
+#[derive(Default)]
+struct CollectReach {
+    /// Sum of the limits, plus one to tell whether more remain.
+    need: usize,
+    /// The latest retention cut-off: an entry this recent stays for all.
+    retain_since_ms: u64,
+    /// The highest cursor an Ack of this batch sets (the stored cursors are
+    /// read in the scan).
+    acked_in_batch: Seq,
+}
+
+fn collect_reach(ops: &[WriteOp]) -> HashMap<UserId, CollectReach> {
+    let mut reach: HashMap<UserId, CollectReach> = HashMap::new();
+    for op in ops {
+        if let WriteOp::Collect {
+            user,
+            limit,
+            retain_since_ms,
+            ..
+        } = op
+        {
+            let r = reach.entry(*user).or_default();
+            r.need = r.need.saturating_add(*limit);
+            r.retain_since_ms = r.retain_since_ms.max(*retain_since_ms);
+        }
+    }
+    for op in ops {
+        if let WriteOp::Ack { user, seq, .. } = op {
+            if let Some(r) = reach.get_mut(user) {
+                r.acked_in_batch = r.acked_in_batch.max(*seq);
+            }
+        }
+    }
+    reach
+}
+
+/// Finds each collected user's devices and the queue entries its Collects
+/// might delete. The scan stops at the first entry that is too recent for
+/// the retention period or above every device's cursor: entries only get
+/// newer and higher from there, so a pull or ack on a long retained queue
+/// costs one entry read, not a scan of the queue.
 fn scan_for_collect(
     trees: &Trees,
     ops: &[WriteOp],
 ) -> Result<HashMap<UserId, CollectScan>, StoreError> {
-    // Several Collects of one user in one batch together delete at most the
-    // sum of their limits; one more entry tells the last one whether more
-    // remain.
-    let mut wanted: HashMap<UserId, usize> = HashMap::new();
-    for op in ops {
-        if let WriteOp::Collect { user, limit, .. } = op {
-            let sum = wanted.entry(*user).or_default();
-            *sum = sum.saturating_add(*limit);
-        }
-    }
-    let mut scans = HashMap::with_capacity(wanted.len());
-    for (user, sum) in wanted {
-        let need = sum.saturating_add(1);
-        let mut seqs = Vec::new();
-        for item in trees.userseq_msgid.scan_prefix(u64_key(user)).take(need) {
-            let (key, _) = item.map_err(from_sled)?;
-            seqs.push(split_user_seq(&key)?.1);
-        }
+    let reach = collect_reach(ops);
+    let mut scans = HashMap::with_capacity(reach.len());
+    for (user, r) in reach {
+        let need = r.need.saturating_add(1);
         let mut devices = Vec::new();
+        let mut highest_cursor = r.acked_in_batch;
         for item in trees.userdevice_device.scan_prefix(u64_key(user)) {
-            devices.push(item.map_err(from_sled)?.0.to_vec());
+            let (key, value) = item.map_err(from_sled)?;
+            let device: DeviceValue = decode("device", &value)?;
+            highest_cursor = highest_cursor.max(device.acked_seq);
+            devices.push(key.to_vec());
         }
-        let complete = seqs.len() < need;
+        let mut seqs = Vec::new();
+        let mut stopped = false;
+        for item in trees.userseq_msgid.scan_prefix(u64_key(user)) {
+            if seqs.len() == need {
+                break;
+            }
+            let (key, value) = item.map_err(from_sled)?;
+            let seq = split_user_seq(&key)?.1;
+            let msg_id = decode_u64("queue entry", &value)?;
+            if seq > highest_cursor || msg_id_time_ms(msg_id) >= r.retain_since_ms {
+                stopped = true;
+                break;
+            }
+            seqs.push(seq);
+        }
+        let complete = !stopped && seqs.len() < need;
         scans.insert(
             user,
             CollectScan {
