@@ -58,6 +58,9 @@ pub enum ServerError {
     /// The admin listener would not start.
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    /// The password-hashing threads would not start.
+    #[error("cannot start the password-hashing threads: {0}")]
+    Threads(std::io::Error),
     /// The listener would not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -117,12 +120,15 @@ impl Server {
         };
         let messaging = Arc::new(Messaging::new(store.clone(), committer, rules));
         let a = &config.accounts;
-        let accounts = Arc::new(Accounts::new(
-            store.clone(),
-            a.registration_enabled,
-            a.token_ttl,
-            a.max_concurrent_hashes,
-        ));
+        let accounts = Arc::new(
+            Accounts::new(
+                store.clone(),
+                a.registration_enabled,
+                a.token_ttl,
+                a.max_concurrent_hashes,
+            )
+            .map_err(ServerError::Threads)?,
+        );
         let gateway = Arc::new(Gateway {
             tls,
             accounts,

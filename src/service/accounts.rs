@@ -1,7 +1,8 @@
 //! Accounts: register, login by password or token, logout.
 //!
-//! Passwords are hashed with argon2id on the blocking pool, a few at a time
-//! (each hash takes ~19 MiB and tens of milliseconds of a core). Tokens are
+//! Passwords are hashed with argon2id on a few dedicated threads (see
+//! [`super::hash_pool`]; each hash takes ~19 MiB and tens of milliseconds
+//! of a core). Tokens are
 //! random, handed to the client once, and stored only as their SHA-256.
 //! Unknown users and wrong passwords cost the same hash and give the same
 //! error.
@@ -14,8 +15,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
+use super::hash_pool::HashPool;
 use crate::clock::now_ms;
 use crate::error::ServiceError;
 use crate::store::{Store, TokenRecord, UserId, UserRecord};
@@ -45,7 +46,7 @@ pub struct Authenticated {
 /// Account rules over the store.
 pub struct Accounts {
     store: Arc<dyn Store>,
-    hashing: Semaphore,
+    hashing: HashPool,
     registration_enabled: bool,
     token_ttl: Duration,
 }
@@ -57,13 +58,13 @@ impl Accounts {
         registration_enabled: bool,
         token_ttl: Duration,
         max_concurrent_hashes: usize,
-    ) -> Self {
-        Accounts {
+    ) -> std::io::Result<Self> {
+        Ok(Accounts {
             store,
-            hashing: Semaphore::new(max_concurrent_hashes),
+            hashing: HashPool::new(max_concurrent_hashes)?,
             registration_enabled,
             token_ttl,
-        }
+        })
     }
 
     /// Create an account; durable when it returns.
@@ -226,25 +227,17 @@ impl Accounts {
     }
 
     async fn hash(&self, password: String) -> Result<String, ServiceError> {
-        let _permit = self
-            .hashing
-            .acquire()
+        self.hashing
+            .run(move || hash_password(&password))
             .await
-            .map_err(|_| ServiceError::ShuttingDown)?;
-        tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|_| ServiceError::ShuttingDown)?
+            .ok_or(ServiceError::ShuttingDown)?
     }
 
     async fn verify(&self, password: String, hash: String) -> Result<bool, ServiceError> {
-        let _permit = self
-            .hashing
-            .acquire()
+        self.hashing
+            .run(move || verify_password(&password, &hash))
             .await
-            .map_err(|_| ServiceError::ShuttingDown)?;
-        tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .map_err(|_| ServiceError::ShuttingDown)
+            .ok_or(ServiceError::ShuttingDown)
     }
 }
 
