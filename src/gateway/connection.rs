@@ -40,7 +40,11 @@ type Writer = FramedWrite<WriteHalf<TlsStream<TcpStream>>, Codec>;
 /// An answer on its way to the write loop.
 pub enum Outbound {
     /// Ready to write; `close` ends the connection after it.
-    Ready { envelope: Envelope, close: bool },
+    /// (Boxed, so the queue's slots stay small: most of them are empty.)
+    Ready {
+        envelope: Box<Envelope>,
+        close: bool,
+    },
     /// Resolves to the answer once the service is done (e.g. the flush).
     Pending(Pin<Box<dyn Future<Output = Envelope> + Send>>),
 }
@@ -65,8 +69,10 @@ pub async fn run(
     tracing::debug!("connected");
     let codec = Codec::new(gateway.limits.max_frame_bytes as usize);
     let (read_half, write_half) = tokio::io::split(tls);
-    let reader = FramedRead::new(read_half, codec);
-    let writer = FramedWrite::new(write_half, codec);
+    // Start with empty buffers: they grow to the frames actually seen.
+    let reader = FramedRead::with_capacity(read_half, codec, 0);
+    let mut writer = FramedWrite::new(write_half, codec);
+    *writer.write_buffer_mut() = bytes::BytesMut::new();
     let (outbound, queue) = mpsc::channel(gateway.limits.outbound_queue);
     let signal = SessionSignal::new();
     let closing = CancellationToken::new();
@@ -135,6 +141,7 @@ async fn read_loop(
                 Flow::Close
             }
             Ok(Some(Ok(envelope))) => {
+                release_if_idle(frames.read_buffer_mut());
                 session.gateway().metrics.frame_in(&envelope);
                 session.dispatch(envelope).await
             }
@@ -178,7 +185,7 @@ async fn write_loop(
                 }
             }
             item = queue.recv() => match item {
-                Some(Outbound::Ready { envelope, close }) => (envelope, close),
+                Some(Outbound::Ready { envelope, close }) => (*envelope, close),
                 Some(Outbound::Pending(answer)) => (answer.await, false),
                 None if shutdown.is_cancelled() => {
                     let message = "the server is shutting down; reconnect later".to_owned();
@@ -214,6 +221,17 @@ fn kick_envelope(reason: KickReason, message: String) -> Envelope {
     )
 }
 
+/// Buffers above this capacity are freed once empty, so an idle connection
+/// holds no read or write buffer (most connections are idle most of the
+/// time); a busy one keeps its buffers between frames.
+const IDLE_BUFFER_KEEP: usize = 512;
+
+fn release_if_idle(buffer: &mut bytes::BytesMut) {
+    if buffer.is_empty() && buffer.capacity() > IDLE_BUFFER_KEEP {
+        *buffer = bytes::BytesMut::new();
+    }
+}
+
 /// Write one frame, flushing if asked; a peer that does not take it within
 /// the write timeout is dropped.
 async fn write(
@@ -226,6 +244,7 @@ async fn write(
         sink.feed(envelope).await?;
         if flush {
             SinkExt::<Envelope>::flush(sink).await?;
+            release_if_idle(sink.write_buffer_mut());
         }
         Ok::<(), CodecError>(())
     })

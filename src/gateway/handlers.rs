@@ -451,7 +451,10 @@ impl Session {
         // If the write loop is gone the connection is closing anyway.
         let _ = self
             .outbound
-            .send(Outbound::Ready { envelope, close })
+            .send(Outbound::Ready {
+                envelope: Box::new(envelope),
+                close,
+            })
             .await;
     }
 
