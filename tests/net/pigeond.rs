@@ -3,6 +3,8 @@
 //! delivered as records so a test can wait for "tls certificate reloaded"
 //! or "idle timeout" instead of sleeping, and signals (HUP, STOP, CONT).
 
+#![allow(dead_code)] // each test binary uses a different part of it
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
