@@ -5,6 +5,7 @@
 //! The targets live in `fuzz_targets/`; `examples/seeds.rs` writes the seed
 //! corpus in `corpus/<target>/`.
 
+pub mod ops;
 pub mod session;
 
 /// Largest frame maximum the frame_codec target picks (kept small so that
