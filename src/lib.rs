@@ -45,7 +45,7 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     /// The store would not open.
-    #[error("cannot open the store in {dir}: {source}")]
+    #[error("cannot open the store in {dir}")]
     Store {
         /// The data directory.
         dir: String,
@@ -62,7 +62,7 @@ pub enum ServerError {
     #[error("cannot start the password-hashing threads: {0}")]
     Threads(std::io::Error),
     /// The listener would not bind.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
