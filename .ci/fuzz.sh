@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bounded fuzzing, run by .ci/run after the tests: builds the cargo-fuzz
 # targets in fuzz/ (AddressSanitizer + libFuzzer) and runs each for
-# FUZZ_SECONDS (default 60) from the committed seed corpus, so the whole
+# FUZZ_SECONDS (default 30) from the committed seed corpus, so the whole
 # step takes about 3 minutes plus the build. New corpus entries go to a
 # scratch directory, never into the tree. Exits non-zero on a crash, a leak,
 # a timeout or an out-of-memory; the input that did it is printed and kept
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds="${FUZZ_SECONDS:-60}"
+seconds="${FUZZ_SECONDS:-30}"
 targets=(frame_codec envelope session)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

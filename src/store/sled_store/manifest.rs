@@ -226,7 +226,7 @@ impl Manifest {
         // fsyncing it on every commit would add a second fsync to every
         // send's path for nothing but a fresher record after a power cut.
         // So it is fsynced every SYNC_EVERY records, and on drop.
-        if durable && generation % SYNC_EVERY == 0 {
+        if durable && generation.is_multiple_of(SYNC_EVERY) {
             self.sync()?;
         }
         state.generation = generation;
