@@ -5,7 +5,7 @@
 # step takes about 3 minutes plus the build. New corpus entries go to a
 # scratch directory, never into the tree. Exits non-zero on a crash, a leak,
 # a timeout or an out-of-memory; the input that did it is printed and kept
-# in fuzz/artifacts/<target>/. docs/reliability-fuzzing.md says how to run
+# in fuzz/artifacts/<target>/. docs/reliability.md says how to run
 # longer.
 set -euo pipefail
 cd "$(dirname "$0")/.."

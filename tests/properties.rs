@@ -12,7 +12,7 @@
 //!
 //! Case counts are small so the file runs in well under a minute in a debug
 //! build; `PIGEON_PROPTEST_CASES=500 cargo test --release --test properties`
-//! runs longer. docs/reliability-fuzzing.md has the request-sequence fuzzer
+//! runs longer. docs/reliability.md has the request-sequence fuzzer
 //! that checks the same over the service layer at thousands of runs a second.
 
 mod common;

@@ -5,7 +5,7 @@
 //! sled 0.34.7 treats a record that fails its checksum as the end of its
 //! log: a bit flip or a truncation in the middle of `db` opens "cleanly"
 //! with everything after the damage gone, and a deleted or emptied `db`
-//! opens as a new, empty store (measured; see docs/reliability-storage.md).
+//! opens as a new, empty store (measured; see docs/reliability.md).
 //! The manifest holds the message id floor and the next user id as of the
 //! last successful sync. Both only grow, so a store whose values are below
 //! the manifest's has lost writes that were answered, and is refused.
