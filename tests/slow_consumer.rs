@@ -16,12 +16,10 @@ use pigeon_protocol::{pb, Body, Codec, Envelope, Platform};
 use pigeon_server::config::Config;
 use pigeon_server::metrics::Metrics;
 use pigeon_server::Server;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
@@ -89,21 +87,8 @@ async fn small_window_client(addr: SocketAddr) -> RawClient {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(addr).await.unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_path()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let name = ServerName::try_from("localhost").unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tls_connector().connect(name, tcp).await.unwrap();
     RawClient::over(tls)
 }
 
