@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{open_senders, reset_receivers, AnyReceiver, Ctx, Meter, Side};
-use crate::payload::{self, Percentiles, Recorder};
+use super::{open_senders, queue_messages, reset_receivers, AnyReceiver, Ctx, Meter, Side};
+use crate::payload::{Percentiles, Recorder};
 use crate::pigeon::ReceiveUntil;
 use crate::report::{Figures, Outcome};
 
@@ -54,27 +54,8 @@ async fn run(ctx: &Ctx, side: Side, args: &DrainArgs) -> Result<Figures> {
     let queued_from = Instant::now();
     let deadline = ctx.deadline(Duration::from_secs(300));
     let (per_user, size) = (args.per_user, args.size);
-    let runs: Vec<_> = senders
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut s)| {
-            tokio::spawn(async move {
-                for n in 0..per_user {
-                    s.send(payload::make(size, Instant::now(), i as u32, n))
-                        .await?;
-                }
-                s.finish(deadline).await
-            })
-        })
-        .collect();
-    let mut stored = 0;
-    for run in runs {
-        stored += run.await??;
-    }
+    queue_messages(senders, per_user, size, deadline).await?;
     let expected = args.users as u64 * per_user;
-    if stored != expected {
-        bail!("only {stored} of {expected} sends were acknowledged");
-    }
     f.add("queue_s", queueing.elapsed().as_secs_f64());
     // Let the server settle (sessions closed, flushes done) before the storm.
     tokio::time::sleep(Duration::from_secs(2)).await;

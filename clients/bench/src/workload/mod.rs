@@ -222,6 +222,39 @@ impl AnySender {
     }
 }
 
+/// Every sender sends `per_user` messages of `size` bytes to its recipient,
+/// all senders at once; fails unless every send was acknowledged by
+/// `deadline`. Used to fill queues before a measurement.
+pub async fn queue_messages(
+    senders: Vec<AnySender>,
+    per_user: u64,
+    size: usize,
+    deadline: Instant,
+) -> Result<()> {
+    let expected = senders.len() as u64 * per_user;
+    let runs: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            tokio::spawn(async move {
+                for n in 0..per_user {
+                    s.send(crate::payload::make(size, Instant::now(), i as u32, n))
+                        .await?;
+                }
+                s.finish(deadline).await
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for run in runs {
+        stored += run.await??;
+    }
+    if stored != expected {
+        bail!("only {stored} of {expected} sends were acknowledged");
+    }
+    Ok(())
+}
+
 /// Senders `i` → receivers `i` on `side`: the pigeon accounts of the
 /// pairs' receivers (for their ids) or the MQTT inbox topics.
 pub async fn open_senders(

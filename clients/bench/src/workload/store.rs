@@ -7,11 +7,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::json;
 
-use super::{open_senders, reset_receivers, Ctx, Side};
-use crate::payload;
+use super::{open_senders, queue_messages, reset_receivers, Ctx, Side};
 use crate::report::{Figures, Outcome};
 use crate::sys;
 
@@ -52,27 +51,8 @@ pub async fn store(ctx: &Ctx, args: &StoreArgs) -> Result<Outcome> {
     let deadline = ctx.deadline(Duration::from_secs(300));
     let (per_user, size) = (args.per_user, args.size);
     let open = open_senders(ctx, Side::Pigeon, &senders, &receivers, 32).await?;
-    let runs: Vec<_> = open
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut s)| {
-            tokio::spawn(async move {
-                for n in 0..per_user {
-                    s.send(payload::make(size, Instant::now(), i as u32, n))
-                        .await?;
-                }
-                s.finish(deadline).await
-            })
-        })
-        .collect();
-    let mut stored = 0;
-    for run in runs {
-        stored += run.await??;
-    }
+    queue_messages(open, per_user, size, deadline).await?;
     let expected = args.users as u64 * per_user;
-    if stored != expected {
-        bail!("only {stored} of {expected} sends were acknowledged");
-    }
     f.add("queue_s", started.elapsed().as_secs_f64());
     tokio::time::sleep(settle).await;
     let queued = sys::disk_usage(&args.data_dir)?;
