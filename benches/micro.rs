@@ -35,6 +35,7 @@ fn send_envelope(i: u64) -> Envelope {
     Envelope::new(
         i,
         Body::Send(pb::SendRequest {
+            group_id: 0,
             to_user_id: 2,
             to_username: String::new(),
             client_msg_id: format!("m{i}"),
@@ -58,6 +59,7 @@ fn page_envelope(n: u64) -> Envelope {
             content: Bytes::from(vec![b'x'; PAYLOAD]),
             sent_at_ms: 1_700_000_000_000,
             client_msg_id: format!("m{seq}"),
+            ..Default::default()
         })
         .collect();
     Envelope::new(

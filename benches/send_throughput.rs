@@ -506,6 +506,7 @@ impl Client {
             let mut fed = false;
             while in_flight.len() < window && Instant::now() < deadline && budget.take() {
                 let body = Body::Send(pb::SendRequest {
+                    group_id: 0,
                     to_user_id: to,
                     to_username: String::new(),
                     // Request ids never repeat on a connection, so neither do these.

@@ -46,6 +46,7 @@ fn envelopes() -> Vec<Envelope> {
         Envelope::new(
             4,
             Body::Send(pb::SendRequest {
+                group_id: 0,
                 to_user_id: 0,
                 to_username: "bob".into(),
                 client_msg_id: "c-1".into(),

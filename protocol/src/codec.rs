@@ -136,6 +136,7 @@ mod tests {
             Envelope::new(
                 u64::MAX,
                 Body::Send(SendRequest {
+                    group_id: 0,
                     to_user_id: 7,
                     to_username: String::new(),
                     client_msg_id: "c-1".into(),

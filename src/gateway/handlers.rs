@@ -372,6 +372,7 @@ impl Session {
                     seq: r.seq,
                     sent_at_ms: r.sent_at_ms,
                     duplicate: r.duplicate,
+                    ..Default::default()
                 })
             });
             envelope(id, result)
@@ -530,5 +531,6 @@ fn to_wire_message(d: Delivered) -> pb::Message {
         content: m.content,
         sent_at_ms: crate::store::msg_id_time_ms(m.msg_id),
         client_msg_id: m.client_msg_id,
+        ..Default::default()
     }
 }

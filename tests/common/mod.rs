@@ -333,6 +333,7 @@ pub fn login_body(name: &str, device: &str, platform: Platform, credential: Cred
 
 pub fn send_body(to: &str, client_msg_id: &str, content: Vec<u8>) -> Body {
     Body::Send(pb::SendRequest {
+        group_id: 0,
         to_user_id: 0,
         to_username: to.into(),
         client_msg_id: client_msg_id.into(),

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use workload::{drain, idle, pairs, store, storm, Ctx, Side};
+use workload::{drain, hotsender, idle, pairs, store, storm, Ctx, Side};
 
 #[derive(Parser)]
 #[command(
@@ -102,6 +102,9 @@ enum Command {
     Storm(storm::StormArgs),
     /// (7) disk bytes per queued message and space back after ack (pigeon only).
     Store(store::StoreArgs),
+    /// Overload: hot senders at a multiple of the allowed send rate next to
+    /// ordinary pairs; their latency without and with (pigeon only).
+    Hotsender(hotsender::HotArgs),
     /// A bare tokio-rustls server (the storm's baseline).
     TlsServer {
         /// Where to listen (loopback).
@@ -170,6 +173,7 @@ async fn run(cli: Cli) -> Result<()> {
             ),
             Command::Storm(args) => storm::storm(&ctx, args).await,
             Command::Store(args) => store::store(&ctx, args).await,
+            Command::Hotsender(args) => hotsender::hotsender(&ctx, args).await,
             Command::TlsServer { .. } => unreachable!("handled above"),
         }
     };

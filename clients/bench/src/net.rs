@@ -2,15 +2,20 @@
 //! source address has only ~28,000 ephemeral ports towards one server port,
 //! and TIME_WAIT keeps them busy after a storm), then a TLS handshake that
 //! trusts the given CA and keeps session tickets for resumption.
+//!
+//! Tickets are kept per client (`tls_as`): rustls' in-memory store keeps at
+//! most 8 TLS 1.3 tickets per server name, so one store shared by 19,000
+//! clients of "localhost" would let only the last 8 of them resume.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rustls::client::Resumption;
+use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::HandshakeKind;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -28,6 +33,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How to reach servers: TLS trust, the certificate name, source addresses.
 pub struct Dialer {
     connector: TlsConnector,
+    config: Arc<rustls::ClientConfig>,
+    per_client: Mutex<HashMap<String, TlsConnector>>,
     server_name: ServerName<'static>,
     sources: Vec<IpAddr>,
     next_source: AtomicUsize,
@@ -67,8 +74,11 @@ impl Dialer {
         let sources = (1..=sources)
             .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
             .collect();
+        let config = Arc::new(config);
         Ok(Dialer {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: TlsConnector::from(config.clone()),
+            config,
+            per_client: Mutex::new(HashMap::new()),
             server_name,
             sources,
             next_source: AtomicUsize::new(0),
@@ -92,12 +102,36 @@ impl Dialer {
     }
 
     /// TCP connect, then a TLS handshake; says whether it was resumed.
+    /// Session tickets go to one store shared by every caller of `tls`.
     pub async fn tls(&self, addr: SocketAddr) -> Result<(Tls, Handshake)> {
+        let connector = self.connector.clone();
+        self.handshake(connector, addr).await
+    }
+
+    /// As [`Dialer::tls`], with session tickets kept for `client` alone, as
+    /// a real client keeps its own.
+    pub async fn tls_as(&self, addr: SocketAddr, client: &str) -> Result<(Tls, Handshake)> {
+        let connector = {
+            let mut known = self.per_client.lock().expect("not poisoned");
+            known
+                .entry(client.to_owned())
+                .or_insert_with(|| {
+                    let mut config = (*self.config).clone();
+                    let store = ClientSessionMemoryCache::new(8);
+                    config.resumption = Resumption::store(Arc::new(store));
+                    TlsConnector::from(Arc::new(config))
+                })
+                .clone()
+        };
+        self.handshake(connector, addr).await
+    }
+
+    async fn handshake(&self, connector: TlsConnector, addr: SocketAddr) -> Result<(Tls, Handshake)> {
         if !addr.ip().is_loopback() {
             bail!("{addr} is not a loopback address: the bench only targets this machine");
         }
         let tcp = self.tcp(addr).await?;
-        let handshake = self.connector.connect(self.server_name.clone(), tcp);
+        let handshake = connector.connect(self.server_name.clone(), tcp);
         let tls = timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| anyhow!("tls handshake with {addr} timed out"))?

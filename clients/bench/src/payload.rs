@@ -90,6 +90,10 @@ pub struct Recorder {
     pub record_from_ns: u64,
     /// Also count deliveries here (shared by all receivers of a run).
     pub counter: Option<Arc<AtomicU64>>,
+    /// Bodies meant to leave from this Unix time (ns) on go to a second
+    /// histogram (`latency_late`): one run, two phases.
+    pub split_from_ns: u64,
+    late: Option<Histogram<u64>>,
     seen: Option<HashSet<(u32, u64)>>,
 }
 
@@ -104,6 +108,8 @@ impl Recorder {
             malformed: 0,
             record_from_ns: 0,
             counter: None,
+            split_from_ns: u64::MAX,
+            late: None,
             seen: track.then(HashSet::new),
         }
     }
@@ -138,9 +144,18 @@ impl Recorder {
             }
         }
         let micros = now.saturating_sub(t) / 1000;
-        self.latency
-            .get_or_insert_with(histogram)
+        let into = if t >= self.split_from_ns {
+            &mut self.late
+        } else {
+            &mut self.latency
+        };
+        into.get_or_insert_with(histogram)
             .saturating_record(micros.max(1));
+    }
+
+    /// The latency of bodies meant to leave from `split_from_ns` on.
+    pub fn latency_late(&self) -> Histogram<u64> {
+        self.late.clone().unwrap_or_else(histogram)
     }
 
     /// The latency histogram (empty if nothing was recorded).
@@ -157,6 +172,12 @@ impl Recorder {
     pub fn merge(&mut self, other: Recorder) {
         if let Some(theirs) = &other.latency {
             self.latency
+                .get_or_insert_with(histogram)
+                .add(theirs)
+                .expect("histograms with the same bounds");
+        }
+        if let Some(theirs) = &other.late {
+            self.late
                 .get_or_insert_with(histogram)
                 .add(theirs)
                 .expect("histograms with the same bounds");

@@ -214,7 +214,7 @@ pub async fn connect(
     account: &Account,
     renewed: Option<&std::sync::Mutex<Vec<Account>>>,
 ) -> Result<Session> {
-    let (tls, handshake) = dialer.tls(server).await?;
+    let (tls, handshake) = dialer.tls_as(server, &account.name).await?;
     let mut frames = frames(tls);
     let body = login_body(&account.name, Credential::Token(account.token.clone()));
     match request(&mut frames, 1, body).await? {
@@ -320,6 +320,7 @@ impl Sender {
         let id = self.next_id;
         self.next_id += 1;
         let body = Body::Send(pb::SendRequest {
+            group_id: 0,
             to_user_id: to,
             to_username: String::new(),
             client_msg_id: format!("{}-{id}", self.tag),

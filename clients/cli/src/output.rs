@@ -128,6 +128,7 @@ mod tests {
             content: content.to_vec().into(),
             sent_at_ms: 1_700_000_000_000,
             client_msg_id: "c1".into(),
+            ..Default::default()
         }
     }
 

@@ -318,6 +318,7 @@ impl Connection {
             Recipient::Name(name) => (0, name),
         };
         let body = Body::Send(pb::SendRequest {
+            group_id: 0,
             to_user_id,
             to_username,
             client_msg_id: client_msg_id.into(),

@@ -3,6 +3,7 @@
 //! pigeon and MQTT so a workload is written once and run against either.
 
 pub mod drain;
+pub mod hotsender;
 pub mod idle;
 pub mod pairs;
 pub mod store;
@@ -179,6 +180,7 @@ impl Meter {
                 f.add(format!("{name}_per_server_cpu_s"), n as f64 / cpu);
             }
         }
+        f.add("server_rss_start_mib", start.rss_kib as f64 / 1024.0);
         f.add("server_rss_mib", end.rss_kib as f64 / 1024.0);
         let peak = if self.peak_reset {
             "server_peak_rss_mib"
@@ -186,6 +188,10 @@ impl Meter {
             "server_lifetime_peak_rss_mib"
         };
         f.add(peak, end.peak_kib as f64 / 1024.0);
+        if self.peak_reset {
+            let delta = end.peak_kib as f64 - start.rss_kib as f64;
+            f.add("server_peak_rss_delta_mib", delta / 1024.0);
+        }
         Ok(())
     }
 }
