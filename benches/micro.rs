@@ -129,6 +129,7 @@ fn send_op(ids: &Ids, from: u64, to: u64) -> WriteOp {
         message: NewMessage {
             msg_id,
             from,
+            group: 0,
             from_device: "bench".into(),
             to,
             client_msg_id: format!("c{msg_id}"),

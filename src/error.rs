@@ -45,6 +45,27 @@ pub enum ServiceError {
         /// The top of the queue.
         max_seq: u64,
     },
+    /// Not a member of the group.
+    #[error("{0}")]
+    NotAMember(String),
+    /// The caller's role (or ownership of the message) does not allow it.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// No such group, or it was dissolved.
+    #[error("no such group: {0}")]
+    UnknownGroup(u64),
+    /// No such message visible to the caller.
+    #[error("no such message: {0}")]
+    UnknownMessage(u64),
+    /// The recall window has passed.
+    #[error("message {0} is past the recall window")]
+    RecallWindowPassed(u64),
+    /// The group would pass the maximum size.
+    #[error("a group has at most {0} members")]
+    GroupFull(u32),
+    /// The caller has no such device.
+    #[error("no such device: {0}")]
+    UnknownDevice(String),
     /// The store failed; nothing of the request was stored (or, for a send
     /// that was stored but not made durable, a retry is deduplicated).
     #[error("storage: {0}")]
@@ -66,6 +87,13 @@ impl ServiceError {
             ServiceError::UnknownUser(_) => ErrorCode::UnknownUser,
             ServiceError::ContentTooLarge { .. } => ErrorCode::ContentTooLarge,
             ServiceError::AckBeyondMaxSeq { .. } => ErrorCode::AckBeyondMaxSeq,
+            ServiceError::NotAMember(_) => ErrorCode::NotAMember,
+            ServiceError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            ServiceError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+            ServiceError::UnknownMessage(_) => ErrorCode::UnknownMessage,
+            ServiceError::RecallWindowPassed(_) => ErrorCode::RecallWindowPassed,
+            ServiceError::GroupFull(_) => ErrorCode::GroupFull,
+            ServiceError::UnknownDevice(_) => ErrorCode::UnknownDevice,
             ServiceError::Store(StoreError::Io(_)) => ErrorCode::Unavailable,
             ServiceError::Store(_) => ErrorCode::Internal,
             ServiceError::ShuttingDown => ErrorCode::ShuttingDown,

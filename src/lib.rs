@@ -117,6 +117,9 @@ impl Server {
             dedupe_window: m.dedupe_window,
             history_retention: m.history_retention,
             device_inactive_after: m.device_inactive_after,
+            recall_window: m.recall_window,
+            large_group_threshold: m.large_group_threshold,
+            max_group_members: m.max_group_members,
         };
         let messaging = Arc::new(Messaging::new(store.clone(), committer, rules));
         let a = &config.accounts;

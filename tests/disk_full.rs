@@ -276,6 +276,7 @@ fn send(n: u64) -> WriteOp {
     WriteOp::Send {
         message: NewMessage {
             msg_id: n << 16,
+            group: 0,
             from: 1,
             from_device: "d".into(),
             to: 2,

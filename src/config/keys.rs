@@ -117,6 +117,15 @@ pub const KEYS: &[KeyDoc] = &[
          closed at accept.",
     ),
     key(
+        "limits.ephemeral_per_sec",
+        "Typing and presence requests per second one connection may make\n\
+         (RATE_LIMITED above).",
+    ),
+    key(
+        "limits.ephemeral_burst",
+        "Typing and presence requests one connection may make at once above that rate.",
+    ),
+    key(
         "timeouts.handshake",
         "From accept to the end of the TLS handshake.",
     ),
@@ -196,6 +205,21 @@ pub const KEYS: &[KeyDoc] = &[
     key(
         "messaging.max_batch",
         "Most writes committed in one batch (one flush).",
+    ),
+    key(
+        "messaging.recall_window",
+        "How long after sending a message its sender (or a group's owner or\n\
+         admin) may recall it.",
+    ),
+    key(
+        "messaging.large_group_threshold",
+        "Groups with more members than this keep one timeline that members read\n\
+         (a send costs the same whatever the size) instead of an entry in every\n\
+         member's queue.",
+    ),
+    key(
+        "messaging.max_group_members",
+        "No group grows above this many members (GROUP_FULL).",
     ),
     key(
         "admin.listen",

@@ -112,6 +112,10 @@ pub struct Limits {
     pub send_burst: u32,
     /// TLS handshakes in progress at once from one peer address.
     pub handshakes_per_address: u32,
+    /// Typing and presence requests per second per connection.
+    pub ephemeral_per_sec: u32,
+    /// Typing and presence requests at once above that rate.
+    pub ephemeral_burst: u32,
 }
 
 /// Deadlines, written like "10s", "500ms", "2m", "24h", "30d".
@@ -198,6 +202,14 @@ pub struct Messaging {
     pub gc_interval: Duration,
     /// Most writes committed in one batch (one flush).
     pub max_batch: usize,
+    /// How long after sending a message may be recalled.
+    #[serde(with = "duration_text")]
+    pub recall_window: Duration,
+    /// Groups with more members than this keep a timeline instead of
+    /// fanning out into every member's queue.
+    pub large_group_threshold: u32,
+    /// No group grows above this many members.
+    pub max_group_members: u32,
 }
 
 impl Default for Config {
@@ -229,6 +241,8 @@ impl Default for Limits {
             sends_per_sec: 50,
             send_burst: 100,
             handshakes_per_address: 256,
+            ephemeral_per_sec: 5,
+            ephemeral_burst: 10,
         }
     }
 }
@@ -269,6 +283,9 @@ impl Default for Messaging {
             device_inactive_after: Duration::from_secs(30 * 86_400),
             gc_interval: Duration::from_secs(60),
             max_batch: 1024,
+            recall_window: Duration::from_secs(120),
+            large_group_threshold: 500,
+            max_group_members: 100_000,
         }
     }
 }
@@ -511,6 +528,8 @@ impl Config {
             ("limits.request_burst", limits.request_burst as usize),
             ("limits.sends_per_sec", limits.sends_per_sec as usize),
             ("limits.send_burst", limits.send_burst as usize),
+            ("limits.ephemeral_per_sec", limits.ephemeral_per_sec as usize),
+            ("limits.ephemeral_burst", limits.ephemeral_burst as usize),
             (
                 "limits.handshakes_per_address",
                 limits.handshakes_per_address as usize,
@@ -548,6 +567,12 @@ impl Config {
         }
         if self.accounts.max_concurrent_hashes == 0 {
             return invalid("accounts.max_concurrent_hashes", "must be above 0");
+        }
+        if self.messaging.large_group_threshold == 0 {
+            return invalid("messaging.large_group_threshold", "must be above 0");
+        }
+        if self.messaging.max_group_members < 2 {
+            return invalid("messaging.max_group_members", "must be at least 2");
         }
         if self.messaging.max_batch == 0 {
             return invalid("messaging.max_batch", "must be above 0");

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::handlers::{Flow, Session};
 use super::limits::HandshakeSlot;
 use super::Gateway;
-use crate::session::SessionSignal;
+use crate::session::{Push, SessionSignal};
 
 type Reader = FramedRead<ReadHalf<TlsStream<TcpStream>>, Codec>;
 type Writer = FramedWrite<WriteHalf<TlsStream<TcpStream>>, Codec>;
@@ -169,46 +169,100 @@ async fn write_loop(
 ) {
     let mut notified = 0;
     loop {
-        let (envelope, close) = tokio::select! {
+        let (envelopes, close) = tokio::select! {
             biased;
             _ = signal.woken() => {
                 if let Some(kick) = signal.kicked() {
                     tracing::debug!(reason = ?kick.reason, "kicked");
-                    (kick_envelope(kick.reason, kick.message), true)
+                    (vec![kick_envelope(kick.reason, kick.message)], true)
                 } else {
-                    let seq = signal.notified_seq();
-                    if seq <= notified {
+                    let pushes = pending_pushes(&signal, &mut notified);
+                    if pushes.is_empty() {
                         continue;
                     }
-                    notified = seq;
-                    (Envelope::new(0, Body::Notify(pb::Notify { max_seq: seq })), false)
+                    (pushes, false)
                 }
             }
             item = queue.recv() => match item {
-                Some(Outbound::Ready { envelope, close }) => (*envelope, close),
-                Some(Outbound::Pending(answer)) => (answer.await, false),
+                Some(Outbound::Ready { envelope, close }) => (vec![*envelope], close),
+                Some(Outbound::Pending(answer)) => (vec![answer.await], false),
                 None if shutdown.is_cancelled() => {
                     let message = "the server is shutting down; reconnect later".to_owned();
-                    (kick_envelope(KickReason::ServerShutdown, message), true)
+                    (vec![kick_envelope(KickReason::ServerShutdown, message)], true)
                 }
                 None => break,
             },
         };
-        // Any fatal error ends the connection, whichever path produced it.
-        let close = close || matches!(&envelope.body, Some(Body::Error(e)) if e.fatal);
-        let flush = close || queue.is_empty();
-        metrics.frame_out(&envelope);
-        if write(&mut sink, envelope, flush, write_timeout)
-            .await
-            .is_err()
-            || close
-        {
+        let count = envelopes.len();
+        let mut failed = false;
+        let mut closing_now = close;
+        for (i, envelope) in envelopes.into_iter().enumerate() {
+            // Any fatal error ends the connection, whichever path produced it.
+            closing_now |= matches!(&envelope.body, Some(Body::Error(e)) if e.fatal);
+            let flush = closing_now || (i + 1 == count && queue.is_empty());
+            metrics.frame_out(&envelope);
+            if write(&mut sink, envelope, flush, write_timeout).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed || closing_now {
             break;
         }
     }
     closing.cancel();
     // Best effort: send close_notify; the peer may already be gone.
     let _ = timeout(write_timeout, SinkExt::<Envelope>::close(&mut sink)).await;
+}
+
+/// The pushes a wake-up brought: the newest queue notify (if above the
+/// last one sent), each large group's newest timeline top, and the
+/// ephemeral events in order.
+fn pending_pushes(signal: &SessionSignal, notified: &mut u64) -> Vec<Envelope> {
+    let mut pushes = Vec::new();
+    let seq = signal.notified_seq();
+    if seq > *notified {
+        *notified = seq;
+        pushes.push(Envelope::new(0, Body::Notify(pb::Notify { max_seq: seq })));
+    }
+    for (group_id, max_seq) in signal.take_group_notifies() {
+        let notify = pb::GroupNotify { group_id, max_seq };
+        pushes.push(Envelope::new(0, Body::GroupNotify(notify)));
+    }
+    for event in signal.take_events() {
+        pushes.push(Envelope::new(0, push_body(event)));
+    }
+    pushes
+}
+
+fn push_body(event: Push) -> Body {
+    match event {
+        Push::ReadReceipt { reader, read_seq } => Body::ReadReceipt(pb::ReadReceipt {
+            peer_user_id: reader,
+            read_seq,
+        }),
+        Push::Typing {
+            from,
+            group,
+            typing,
+        } => Body::TypingEvent(pb::TypingEvent {
+            from_user_id: from,
+            group_id: group,
+            typing,
+        }),
+        Push::Presence {
+            user,
+            online,
+            last_seen_ms,
+        } => Body::PresenceEvent(pb::PresenceEvent {
+            presence: Some(pb::Presence {
+                user_id: user,
+                visible: true,
+                online,
+                last_seen_ms,
+            }),
+        }),
+    }
 }
 
 fn kick_envelope(reason: KickReason, message: String) -> Envelope {

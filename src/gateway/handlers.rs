@@ -1,6 +1,12 @@
 //! One handler per request: check the connection's state, translate the
 //! protobuf request into a service call, and queue the answer. Requests are
-//! taken in order; the answers are written in the same order.
+//! taken in order; the answers are written in the same order. Groups,
+//! conversations, receipts, recall, devices, typing and presence are in
+//! [`social`].
+
+mod social;
+
+use std::collections::HashSet;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,6 +27,7 @@ use crate::service::{
     Authenticated, Caller, Credential, Delivered, Outgoing, PulledPage, Recipient,
 };
 use crate::session::{Registration, SessionSignal};
+use crate::store::EntryKind;
 
 /// What the read loop does after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +55,10 @@ pub struct Session {
     requests: TokenBucket,
     /// Sends, on top of `requests`.
     sends: TokenBucket,
+    /// Typing and presence, on top of `requests`.
+    ephemeral: TokenBucket,
+    /// Users whose presence this connection watches.
+    watched: HashSet<u64>,
 }
 
 impl Session {
@@ -62,6 +73,7 @@ impl Session {
         let limits = &gateway.limits;
         let requests = TokenBucket::new(limits.requests_per_sec, limits.request_burst, now);
         let sends = TokenBucket::new(limits.sends_per_sec, limits.send_burst, now);
+        let ephemeral = TokenBucket::new(limits.ephemeral_per_sec, limits.ephemeral_burst, now);
         Session {
             gateway,
             peer,
@@ -70,6 +82,8 @@ impl Session {
             login: None,
             requests,
             sends,
+            ephemeral,
+            watched: HashSet::new(),
         }
     }
 
@@ -151,6 +165,7 @@ impl Session {
             (true, Body::Pull(p)) => self.pull(id, p).await,
             (true, Body::Ack(a)) => self.ack(id, a).await,
             (true, Body::Logout(_)) => self.logout(id).await,
+            (true, body) if is_social_request(&body) => self.social(id, body).await,
             (_, other) => {
                 let message = format!("{} is sent by the server, not by clients", other.name());
                 self.refuse(id, ErrorCode::UnknownRequest, &message).await
@@ -341,15 +356,17 @@ impl Session {
     }
 
     async fn send(&mut self, id: u64, request: pb::SendRequest) -> Flow {
-        let to = match (request.to_user_id, request.to_username.is_empty()) {
-            (0, false) => Recipient::Name(request.to_username),
-            (user, true) if user != 0 => Recipient::Id(user),
+        let named = !request.to_username.is_empty();
+        let to = match (request.to_user_id, named, request.group_id) {
+            (0, true, 0) => Recipient::Name(request.to_username),
+            (user, false, 0) if user != 0 => Recipient::Id(user),
+            (0, false, group) if group != 0 => Recipient::Group(group),
             _ => {
                 return self
                     .refuse(
                         id,
                         ErrorCode::InvalidArgument,
-                        "set exactly one of to_user_id and to_username",
+                        "set exactly one of to_user_id, to_username and group_id",
                     )
                     .await
             }
@@ -372,7 +389,7 @@ impl Session {
                     seq: r.seq,
                     sent_at_ms: r.sent_at_ms,
                     duplicate: r.duplicate,
-                    ..Default::default()
+                    conv_seq: r.conv_seq,
                 })
             });
             envelope(id, result)
@@ -496,10 +513,22 @@ const PULL_FRAME_RESERVE: usize = 64;
 /// validation keeps max_content_bytes 1 KiB below max_frame_bytes.
 fn pulled(page: PulledPage, budget: usize) -> Body {
     let total = page.messages.len();
-    let mut messages = Vec::with_capacity(total);
+    let messages = fit_messages(page.messages, budget);
+    Body::Pulled(pb::PullResponse {
+        has_more: page.has_more || messages.len() < total,
+        messages,
+        max_seq: page.max_seq,
+        acked_seq: page.acked_seq,
+    })
+}
+
+/// The wire messages that fit in `budget` bytes of a frame, in order (at
+/// least one).
+fn fit_messages(delivered: Vec<Delivered>, budget: usize) -> Vec<pb::Message> {
+    let mut messages = Vec::with_capacity(delivered.len());
     let mut used = 0;
-    for delivered in page.messages {
-        let message = to_wire_message(delivered);
+    for d in delivered {
+        let message = to_wire_message(d);
         let len = message.encoded_len();
         // Field tag plus the length's varint, then the message itself.
         let cost = 1 + prost::length_delimiter_len(len) + len;
@@ -509,16 +538,27 @@ fn pulled(page: PulledPage, budget: usize) -> Body {
         used += cost;
         messages.push(message);
     }
-    Body::Pulled(pb::PullResponse {
-        has_more: page.has_more || messages.len() < total,
-        messages,
-        max_seq: page.max_seq,
-        acked_seq: page.acked_seq,
-    })
+    messages
 }
 
 fn to_wire_message(d: Delivered) -> pb::Message {
     let m = d.message;
+    let (kind, group_event, recalled_msg_id) = match m.kind {
+        EntryKind::Chat => (pb::MessageKind::Chat, None, 0),
+        EntryKind::GroupEvent(e) => (
+            pb::MessageKind::GroupEvent,
+            Some(pb::GroupEvent {
+                r#type: e.kind as i32,
+                actor_user_id: e.actor,
+                target_user_ids: e.targets,
+                role: e.role.map_or(0, |r| r.number() as i32),
+                group_name: e.group_name,
+                timeline_from_seq: e.timeline_from_seq,
+            }),
+            0,
+        ),
+        EntryKind::Recall(target) => (pb::MessageKind::Recall, None, target),
+    };
     pb::Message {
         seq: m.seq,
         msg_id: m.msg_id,
@@ -531,6 +571,35 @@ fn to_wire_message(d: Delivered) -> pb::Message {
         content: m.content,
         sent_at_ms: crate::store::msg_id_time_ms(m.msg_id),
         client_msg_id: m.client_msg_id,
-        ..Default::default()
+        group_id: m.group,
+        kind: kind as i32,
+        group_event,
+        conv_seq: m.conv_seq,
+        recalled_msg_id,
+        recalled: m.recalled,
     }
+}
+
+/// The requests [`social`] handles.
+fn is_social_request(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::GroupCreate(_)
+            | Body::GroupAdd(_)
+            | Body::GroupRemove(_)
+            | Body::GroupLeave(_)
+            | Body::GroupDissolve(_)
+            | Body::GroupList(_)
+            | Body::GroupMembers(_)
+            | Body::GroupSetRole(_)
+            | Body::GroupPull(_)
+            | Body::Conversations(_)
+            | Body::Read(_)
+            | Body::ReadCount(_)
+            | Body::Recall(_)
+            | Body::Devices(_)
+            | Body::RevokeDevice(_)
+            | Body::Typing(_)
+            | Body::Presence(_)
+    )
 }

@@ -7,6 +7,7 @@
 //! writer also gives a total order: sends from one connection are applied in
 //! the order they were submitted, and seq assignment needs no locks.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,8 +16,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::session::Notifier;
-use crate::store::{MsgId, Store, StoreError, WriteOp, WriteOutcome, MSG_ID_COUNTER_BITS};
+use crate::session::{Notifier, Push};
+use crate::store::{
+    GroupId, MsgId, Store, StoreError, UserId, WriteOp, WriteOutcome, MSG_ID_COUNTER_BITS,
+};
 
 /// Jobs waiting for the writer. When full, submitters wait (backpressure
 /// reaches the connections, which stop reading).
@@ -46,7 +49,8 @@ enum Job {
 pub struct CommitStats {
     /// Batches applied.
     pub batches: AtomicU64,
-    /// Batches that were synced (contained a send).
+    /// Batches that were synced (held a send or another write a client
+    /// was promised durably).
     pub syncs: AtomicU64,
     /// Sends applied (duplicates included).
     pub sends: AtomicU64,
@@ -92,6 +96,7 @@ impl Committer {
             notifier,
             max_batch,
             ids: MsgIdGenerator::new(floor),
+            group_members: HashMap::new(),
             stats: stats.clone(),
             metrics,
         };
@@ -192,9 +197,13 @@ impl Batch {
     }
 }
 
+/// Large groups whose member lists the writer keeps for notifies.
+const GROUP_CACHE_CAP: usize = 1024;
+
 struct Writer {
     store: Arc<dyn Store>,
     notifier: Arc<dyn Notifier>,
+    group_members: HashMap<GroupId, Arc<[UserId]>>,
     max_batch: usize,
     ids: MsgIdGenerator,
     stats: Arc<CommitStats>,
@@ -243,14 +252,21 @@ impl Writer {
         }
         let now_ms = crate::clock::now_ms();
         let mut sends = 0u64;
+        let mut durable = false;
         for op in batch.ops.iter_mut() {
-            if let WriteOp::Send { message, .. } = op {
-                message.msg_id = self.ids.next(now_ms);
-                sends += 1;
+            let ids = op.msg_ids_needed();
+            if ids > 0 {
+                // Consecutive ids: `next` with one `now` counts up by one.
+                op.set_msg_id(self.ids.next(now_ms));
+                for _ in 1..ids {
+                    self.ids.next(now_ms);
+                }
             }
+            sends += u64::from(matches!(op, WriteOp::Send { .. }));
+            durable |= op.needs_sync();
         }
         let result = self.store.apply(&batch.ops).and_then(|outcomes| {
-            if sends > 0 {
+            if durable {
                 let started = Instant::now();
                 self.store.sync()?;
                 let elapsed = started.elapsed();
@@ -288,23 +304,68 @@ impl Writer {
         }
     }
 
-    fn notify(&self, op: &WriteOp, outcome: &WriteOutcome) {
-        let (
-            WriteOp::Send { message, .. },
+    /// Tell online devices what a durable op changed: queues that grew,
+    /// large groups' timelines, read receipts. A group change also drops
+    /// the cached member list of that group.
+    fn notify(&mut self, op: &WriteOp, outcome: &WriteOutcome) {
+        let (queued, timeline) = match outcome {
             WriteOutcome::Sent {
-                sender_seq,
-                recipient_seq,
-                duplicate: false,
+                queued, timeline, ..
+            }
+            | WriteOutcome::Recalled { queued, timeline } => (queued, timeline),
+            WriteOutcome::GroupChanged {
+                group,
+                queued,
+                timeline,
                 ..
-            },
-        ) = (op, outcome)
-        else {
-            return;
+            } => {
+                self.group_members.remove(group);
+                (queued, timeline)
+            }
+            WriteOutcome::ReadSet {
+                read_seq,
+                receipt_to: Some(peer),
+                ..
+            } => {
+                if let WriteOp::Read { user, .. } = op {
+                    let receipt = Push::ReadReceipt {
+                        reader: *user,
+                        read_seq: *read_seq,
+                    };
+                    self.notifier.push(*peer, receipt);
+                }
+                return;
+            }
+            _ => return,
         };
-        self.notifier.notify(message.to, *recipient_seq);
-        if message.from != message.to {
-            self.notifier.notify(message.from, *sender_seq);
+        for (user, seq) in queued {
+            self.notifier.notify(*user, *seq);
         }
+        if let Some((group, seq)) = timeline {
+            match self.members_of(*group) {
+                Ok(members) => self.notifier.notify_group(*group, *seq, &members),
+                Err(e) => tracing::warn!(error = %e, group, "cannot notify a large group"),
+            }
+        }
+    }
+
+    /// A large group's current members, cached on this thread: every
+    /// change of a group goes through here, so the cache is never stale.
+    fn members_of(&mut self, group: GroupId) -> Result<Arc<[UserId]>, StoreError> {
+        if let Some(members) = self.group_members.get(&group) {
+            return Ok(members.clone());
+        }
+        if self.group_members.len() >= GROUP_CACHE_CAP {
+            self.group_members.clear();
+        }
+        let members: Arc<[UserId]> = self
+            .store
+            .members(group)?
+            .into_iter()
+            .map(|m| m.user)
+            .collect();
+        self.group_members.insert(group, members.clone());
+        Ok(members)
     }
 }
 

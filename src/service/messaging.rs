@@ -1,6 +1,10 @@
-//! Messaging rules: send 1:1, pull (with its implicit ack), ack, and the
-//! device bookkeeping of login. Assign, persist through the committer, then
-//! notify (the committer notifies after the durable flush).
+//! Messaging rules: send 1:1 and to groups, pull (with its implicit ack),
+//! ack, and the device bookkeeping of login; groups, conversations, read
+//! positions, recall and devices are in [`social`]. Assign, persist through
+//! the committer, then notify (the committer notifies after the durable
+//! flush).
+
+pub mod social;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,8 +16,8 @@ use tokio::sync::oneshot;
 use crate::clock::now_ms;
 use crate::error::ServiceError;
 use crate::store::{
-    msg_id_time_ms, MsgId, NewMessage, Seq, Store, StoreError, StoredMessage, UserId, WriteOp,
-    WriteOutcome,
+    msg_id_time_ms, GroupId, MsgId, NewMessage, Seq, Store, StoreError, StoredMessage, UserId,
+    WriteOp, WriteOutcome,
 };
 
 use super::committer::{Committer, OpResult};
@@ -30,6 +34,8 @@ pub enum Recipient {
     Id(UserId),
     /// By username.
     Name(String),
+    /// Every member of a group.
+    Group(GroupId),
 }
 
 /// A send as the gateway hands it over.
@@ -56,6 +62,8 @@ pub struct Receipt {
     pub sent_at_ms: u64,
     /// True if a resend of an already stored message.
     pub duplicate: bool,
+    /// Its position in its conversation.
+    pub conv_seq: Seq,
 }
 
 /// A queue entry with the names the client shows.
@@ -95,6 +103,12 @@ pub struct MessagingRules {
     pub history_retention: Duration,
     /// Devices silent this long do not hold the queue back.
     pub device_inactive_after: Duration,
+    /// How long after sending a message may be recalled.
+    pub recall_window: Duration,
+    /// Groups above this many members keep a timeline.
+    pub large_group_threshold: u32,
+    /// No group grows above this.
+    pub max_group_members: u32,
 }
 
 /// The message path over the store and the committer.
@@ -161,7 +175,10 @@ impl Messaging {
         outgoing: Outgoing,
     ) -> Result<PendingSend, ServiceError> {
         validate_send(&outgoing, self.rules.max_content_bytes)?;
-        let to = self.resolve(&outgoing.to)?;
+        let (to, group) = match &outgoing.to {
+            Recipient::Group(group) => (0, *group),
+            other => (self.resolve(other)?, 0),
+        };
         let content_type = if outgoing.content_type.is_empty() {
             "text/plain".to_owned()
         } else {
@@ -172,6 +189,7 @@ impl Messaging {
             from: caller.user,
             from_device: caller.device_id.clone(),
             to,
+            group,
             client_msg_id: outgoing.client_msg_id,
             content_type,
             content: outgoing.content,
@@ -204,18 +222,8 @@ impl Messaging {
         let page = tokio::task::spawn_blocking(move || store.pull(user, after_seq, limit))
             .await
             .map_err(|_| ServiceError::ShuttingDown)??;
-        let mut messages = Vec::with_capacity(page.messages.len());
-        for message in page.messages {
-            let from_name = self.username(message.from)?;
-            let to_name = self.username(message.to)?;
-            messages.push(Delivered {
-                message,
-                from_name,
-                to_name,
-            });
-        }
         Ok(PulledPage {
-            messages,
+            messages: self.named(page.messages)?,
             max_seq: page.max_seq,
             has_more: page.has_more,
             acked_seq,
@@ -272,10 +280,30 @@ impl Messaging {
         }
     }
 
+    /// Stored entries with the usernames a client shows.
+    fn named(&self, stored: Vec<StoredMessage>) -> Result<Vec<Delivered>, ServiceError> {
+        let mut messages = Vec::with_capacity(stored.len());
+        for message in stored {
+            let from_name = self.username(message.from)?;
+            let to_name = self.username(message.to)?;
+            messages.push(Delivered {
+                message,
+                from_name,
+                to_name,
+            });
+        }
+        Ok(messages)
+    }
+
     fn resolve(&self, to: &Recipient) -> Result<UserId, ServiceError> {
         let user = match to {
             Recipient::Id(id) => self.store.user(*id)?,
             Recipient::Name(name) => self.store.user_by_name(name)?,
+            Recipient::Group(group) => {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "group {group} is not a user"
+                )))
+            }
         };
         match user {
             Some(user) => {
@@ -285,6 +313,7 @@ impl Messaging {
             None => Err(ServiceError::UnknownUser(match to {
                 Recipient::Id(id) => format!("user id {id}"),
                 Recipient::Name(name) => name.clone(),
+                Recipient::Group(group) => format!("group {group}"),
             })),
         }
     }
@@ -300,8 +329,12 @@ impl Messaging {
         names.entry(id).or_insert_with(|| Arc::from(name)).clone()
     }
 
-    /// A username by id (usernames never change, so the cache is never stale).
+    /// A username by id (usernames never change, so the cache is never
+    /// stale); empty for 0 (no user: a group entry's recipient).
     fn username(&self, id: UserId) -> Result<Arc<str>, ServiceError> {
+        if id == 0 {
+            return Ok(Arc::from(""));
+        }
         if let Some(name) = self
             .names
             .lock()
@@ -329,13 +362,16 @@ impl PendingSend {
                 msg_id,
                 sender_seq,
                 duplicate,
+                conv_seq,
                 ..
             } => Ok(Receipt {
                 msg_id,
                 seq: sender_seq,
                 sent_at_ms: msg_id_time_ms(msg_id),
                 duplicate,
+                conv_seq,
             }),
+            WriteOutcome::Refused(refusal) => Err(social::refusal_error(refusal, 0)),
             other => Err(unexpected(other)),
         }
     }
@@ -361,7 +397,7 @@ fn validate_send(outgoing: &Outgoing, max_content: usize) -> Result<(), ServiceE
     Ok(())
 }
 
-fn unexpected(outcome: WriteOutcome) -> ServiceError {
+pub(crate) fn unexpected(outcome: WriteOutcome) -> ServiceError {
     ServiceError::Store(StoreError::Corrupt(format!(
         "the store answered with an unexpected outcome: {outcome:?}"
     )))

@@ -5,20 +5,66 @@
 //! through the [`Notifier`] trait, so notify routing between several nodes
 //! can later sit behind the same interface.
 
-use std::collections::HashMap;
+pub mod presence;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pigeon_protocol::{KickReason, Platform, PlatformClass};
 
 use crate::config::KickPolicy;
-use crate::store::{Seq, UserId};
+use crate::store::{GroupId, Seq, UserId};
+use presence::Presences;
 
-/// Tells online devices that a user's queue grew. Must never block.
+/// Tells online devices that a user's queue grew, that a large group's
+/// timeline grew, or an ephemeral event. Must never block.
 pub trait Notifier: Send + Sync + 'static {
     /// The user's queue now reaches `max_seq`.
     fn notify(&self, user: UserId, max_seq: Seq);
+
+    /// A large group's timeline now reaches `max_seq`; tell the online
+    /// ones among `members`.
+    fn notify_group(&self, group: GroupId, max_seq: Seq, members: &[UserId]);
+
+    /// An ephemeral event for every online device of `user` (dropped for
+    /// offline users and, oldest first, for devices that do not read).
+    fn push(&self, user: UserId, event: Push);
 }
+
+/// An ephemeral server push, never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Push {
+    /// `reader` read your 1:1 conversation with them up to `read_seq`.
+    ReadReceipt {
+        /// Who read.
+        reader: UserId,
+        /// Their read position.
+        read_seq: Seq,
+    },
+    /// `from` is typing (or stopped) to you or in `group`.
+    Typing {
+        /// Who.
+        from: UserId,
+        /// The group (0 for 1:1).
+        group: GroupId,
+        /// Typing or stopped.
+        typing: bool,
+    },
+    /// A watched user went online or offline.
+    Presence {
+        /// Who.
+        user: UserId,
+        /// Online now.
+        online: bool,
+        /// Last seen, ms since the epoch.
+        last_seen_ms: u64,
+    },
+}
+
+/// Ephemeral events a session holds for a slow reader before dropping the
+/// oldest.
+const EVENT_QUEUE_CAP: usize = 256;
 
 /// What one live session shares with the registry.
 ///
@@ -29,6 +75,10 @@ pub trait Notifier: Send + Sync + 'static {
 pub struct SessionSignal {
     notified_seq: AtomicU64,
     kick: Mutex<Option<Kick>>,
+    /// Large groups' timeline tops not yet sent, coalesced per group.
+    groups: Mutex<HashMap<GroupId, Seq>>,
+    /// Ephemeral events not yet sent, oldest first, capped.
+    events: Mutex<VecDeque<Push>>,
     wake: tokio::sync::Notify,
 }
 
@@ -71,6 +121,37 @@ impl SessionSignal {
         self.wake.notify_one();
     }
 
+    fn raise_group(&self, group: GroupId, max_seq: Seq) {
+        let mut groups = self.groups.lock().expect("group lock is never poisoned");
+        let top = groups.entry(group).or_default();
+        *top = (*top).max(max_seq);
+        drop(groups);
+        self.wake.notify_one();
+    }
+
+    /// Queue an ephemeral event; the oldest goes when the queue is full.
+    pub fn push(&self, event: Push) {
+        let mut events = self.events.lock().expect("event lock is never poisoned");
+        if events.len() >= EVENT_QUEUE_CAP {
+            events.pop_front();
+        }
+        events.push_back(event);
+        drop(events);
+        self.wake.notify_one();
+    }
+
+    /// Take the pending group notifies (group, max_seq).
+    pub fn take_group_notifies(&self) -> Vec<(GroupId, Seq)> {
+        let mut groups = self.groups.lock().expect("group lock is never poisoned");
+        groups.drain().collect()
+    }
+
+    /// Take the pending ephemeral events, oldest first.
+    pub fn take_events(&self) -> Vec<Push> {
+        let mut events = self.events.lock().expect("event lock is never poisoned");
+        events.drain(..).collect()
+    }
+
     /// End this session with a kick; the connection sends it and closes.
     pub fn kick(&self, kick: Kick) {
         let mut slot = self.kick.lock().expect("kick lock is never poisoned");
@@ -93,6 +174,7 @@ pub struct SessionRegistry {
     users: Mutex<HashMap<UserId, Vec<Entry>>>,
     next_generation: AtomicU64,
     policy: KickPolicy,
+    presences: Presences,
     /// Live sessions per platform number, changed only under `users`' lock
     /// so they always match the map; read without it (metrics, stats).
     by_platform: [AtomicI64; PLATFORM_SLOTS],
@@ -126,6 +208,7 @@ impl SessionRegistry {
             users: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             policy,
+            presences: Presences::default(),
             by_platform: Default::default(),
         }
     }
@@ -143,9 +226,11 @@ impl SessionRegistry {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let device_id: Arc<str> = Arc::from(device_id);
         let mut kicked = Vec::new();
+        let came_online;
         {
             let mut users = self.users.lock().expect("registry lock is never poisoned");
             let sessions = users.entry(user).or_default();
+            came_online = sessions.is_empty();
             sessions.retain(|old| {
                 let reason = if *old.device_id == *device_id {
                     KickReason::SameDevice
@@ -167,6 +252,9 @@ impl SessionRegistry {
                 signal,
             });
         }
+        if came_online {
+            self.presences.changed(user, true, crate::clock::now_ms());
+        }
         for (signal, reason, old_device) in kicked {
             let message = match reason {
                 KickReason::SameDevice => "this device logged in again elsewhere".to_owned(),
@@ -187,6 +275,7 @@ impl SessionRegistry {
         let Some(sessions) = users.get_mut(&registration.user) else {
             return;
         };
+        let before = sessions.len();
         sessions.retain(|s| {
             let gone = s.generation == registration.generation;
             if gone {
@@ -194,9 +283,26 @@ impl SessionRegistry {
             }
             !gone
         });
+        let went_offline = sessions.is_empty() && before > 0;
         if sessions.is_empty() {
             users.remove(&registration.user);
         }
+        drop(users);
+        if went_offline {
+            self.presences
+                .changed(registration.user, false, crate::clock::now_ms());
+        }
+    }
+
+    /// Presence subscriptions and last-seen times.
+    pub fn presences(&self) -> &Presences {
+        &self.presences
+    }
+
+    /// Whether `user` has a live session.
+    pub fn is_online(&self, user: UserId) -> bool {
+        let users = self.users.lock().expect("registry lock is never poisoned");
+        users.get(&user).is_some_and(|s| !s.is_empty())
     }
 
     /// Kick every session of a user (or only those of one device).
@@ -213,8 +319,13 @@ impl SessionRegistry {
             }
             !hit
         });
-        if sessions.is_empty() {
+        let went_offline = sessions.is_empty();
+        if went_offline {
             users.remove(&user);
+        }
+        drop(users);
+        if went_offline {
+            self.presences.changed(user, false, crate::clock::now_ms());
         }
     }
 
@@ -270,6 +381,22 @@ impl Notifier for SessionRegistry {
         let users = self.users.lock().expect("registry lock is never poisoned");
         for entry in users.get(&user).into_iter().flatten() {
             entry.signal.raise(max_seq);
+        }
+    }
+
+    fn notify_group(&self, group: GroupId, max_seq: Seq, members: &[UserId]) {
+        let users = self.users.lock().expect("registry lock is never poisoned");
+        for member in members {
+            for entry in users.get(member).into_iter().flatten() {
+                entry.signal.raise_group(group, max_seq);
+            }
+        }
+    }
+
+    fn push(&self, user: UserId, event: Push) {
+        let users = self.users.lock().expect("registry lock is never poisoned");
+        for entry in users.get(&user).into_iter().flatten() {
+            entry.signal.push(event.clone());
         }
     }
 }

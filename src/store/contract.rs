@@ -92,6 +92,7 @@ pub fn send_keyed(from: UserId, to: UserId, id: MsgId, client_id: &str, since: u
     WriteOp::Send {
         message: NewMessage {
             msg_id: id,
+            group: 0,
             from,
             from_device: "phone".into(),
             to,
@@ -148,6 +149,7 @@ fn sent(outcome: &WriteOutcome) -> (MsgId, Seq, Seq, bool) {
             sender_seq,
             recipient_seq,
             duplicate,
+            ..
         } => (*msg_id, *sender_seq, *recipient_seq, *duplicate),
         other => panic!("expected Sent, got {other:?}"),
     }

@@ -14,8 +14,14 @@
 
 #[cfg(test)]
 pub mod contract;
+mod groups;
 mod records;
 pub mod sled_store;
+
+pub use groups::{
+    Conversation, ConversationKey, EntryKind, GroupChange, GroupEventKind, GroupEventRecord,
+    GroupId, GroupRecord, MemberRecord, Refusal, Role, TimelinePage,
+};
 
 use std::path::Path;
 
@@ -126,8 +132,13 @@ pub struct NewMessage {
     pub from: UserId,
     /// The sender's device.
     pub from_device: String,
-    /// The recipient (may equal `from`: a note to self gets one entry).
+    /// The recipient (may equal `from`: a note to self gets one entry);
+    /// 0 for a group message.
     pub to: UserId,
+    /// The group, for a group message (0 for 1:1): every current member's
+    /// queue gets an entry (small group), or the group's timeline does
+    /// (large group).
+    pub group: GroupId,
     /// The sender's idempotency key, unique per sender.
     pub client_msg_id: String,
     /// Opaque label.
@@ -137,6 +148,10 @@ pub struct NewMessage {
 }
 
 /// One write in an [`Store::apply`] batch.
+///
+/// Ops that write message bodies (sends, group changes, recalls) carry a
+/// `msg_id` the committer assigns (see [`WriteOp::msg_ids_needed`]); a group
+/// change may use `msg_id` and `msg_id + 1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
     /// Store a message: the body once (reference count = number of queue
@@ -176,6 +191,86 @@ pub enum WriteOp {
         /// Now, ms since the epoch.
         now_ms: u64,
     },
+    /// Create a group owned by `owner` with `members` (the owner is added
+    /// if missing). Writes the group, the members, a CREATED event in every
+    /// member's queue (and, for a large group, the timeline).
+    CreateGroup {
+        /// The creator and owner.
+        owner: UserId,
+        /// 1 to 64 bytes, checked by the service.
+        name: String,
+        /// Initial members (deduplicated by the store).
+        members: Vec<UserId>,
+        /// Above this many members the group is large.
+        large_threshold: u32,
+        /// Refused with [`Refusal::GroupFull`] above this.
+        max_members: u32,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+        /// Assigned by the committer.
+        msg_id: MsgId,
+    },
+    /// Change a group as `actor`, under the role rules (see [`GroupChange`]).
+    ChangeGroup {
+        /// The group.
+        group: GroupId,
+        /// Who asks.
+        actor: UserId,
+        /// What to change.
+        change: GroupChange,
+        /// Above this many members the group becomes large.
+        large_threshold: u32,
+        /// Refused with [`Refusal::GroupFull`] above this.
+        max_members: u32,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+        /// Assigned by the committer (this and the next id).
+        msg_id: MsgId,
+    },
+    /// Set `user`'s read position in a conversation (forward only).
+    Read {
+        /// The reader.
+        user: UserId,
+        /// The conversation.
+        conversation: ConversationKey,
+        /// Up to and including this conv seq.
+        seq: Seq,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Recall `target` as `caller` if it was sent after `window_since_ms`
+    /// (now minus the window): clear its content and append a recall entry
+    /// for every recipient.
+    Recall {
+        /// Who asks.
+        caller: UserId,
+        /// The caller's device.
+        caller_device: String,
+        /// The message to recall.
+        target: MsgId,
+        /// Messages sent at or before this (ms) can no longer be recalled.
+        window_since_ms: u64,
+        /// Assigned by the committer (the recall entry's body).
+        msg_id: MsgId,
+    },
+    /// Move a member's cursor in a large group's timeline forward.
+    TimelineAck {
+        /// The member.
+        user: UserId,
+        /// The group.
+        group: GroupId,
+        /// Up to this group seq.
+        seq: Seq,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Delete a device record (a revoked device no longer holds back GC).
+    ForgetDevice {
+        /// Whose device.
+        user: UserId,
+        /// Which device.
+        device_id: String,
+    },
     /// Garbage-collect the user's queue: delete entries at or below the
     /// lowest `acked_seq` of the devices active since `active_since_ms`
     /// (no active device: nothing is deleted) whose message is older than
@@ -193,6 +288,40 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// How many fresh message ids the committer must assign to this op.
+    pub fn msg_ids_needed(&self) -> u64 {
+        match self {
+            WriteOp::Send { .. } | WriteOp::CreateGroup { .. } | WriteOp::Recall { .. } => 1,
+            WriteOp::ChangeGroup { .. } => 2,
+            _ => 0,
+        }
+    }
+
+    /// Give the op the first of its fresh message ids.
+    pub fn set_msg_id(&mut self, id: MsgId) {
+        match self {
+            WriteOp::Send { message, .. } => message.msg_id = id,
+            WriteOp::CreateGroup { msg_id, .. }
+            | WriteOp::ChangeGroup { msg_id, .. }
+            | WriteOp::Recall { msg_id, .. } => *msg_id = id,
+            _ => {}
+        }
+    }
+
+    /// Whether the op stores something a client was promised durably
+    /// (the committer syncs a batch holding one before answering).
+    pub fn needs_sync(&self) -> bool {
+        !matches!(
+            self,
+            WriteOp::Touch { .. }
+                | WriteOp::Ack { .. }
+                | WriteOp::Collect { .. }
+                | WriteOp::TimelineAck { .. }
+        )
+    }
+}
+
 /// The result of one [`WriteOp`], in the same position as the op.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -207,6 +336,13 @@ pub enum WriteOutcome {
         recipient_seq: Seq,
         /// True if this answered an earlier send with the same client_msg_id.
         duplicate: bool,
+        /// The message's position in its conversation.
+        conv_seq: Seq,
+        /// Every queue that got an entry, with the entry's seq (for
+        /// notifies); empty for a duplicate.
+        queued: Vec<(UserId, Seq)>,
+        /// For a large group: the timeline's new top (for GroupNotify).
+        timeline: Option<(GroupId, Seq)>,
     },
     /// The device record exists; its cursor is `acked_seq`.
     Touched {
@@ -223,6 +359,42 @@ pub enum WriteOutcome {
         /// The user's max seq.
         max_seq: Seq,
     },
+    /// A rule of the op refused it; nothing of it was written.
+    Refused(Refusal),
+    /// A group was created or changed.
+    GroupChanged {
+        /// The group.
+        group: GroupId,
+        /// The seq of the event written (0 if nothing changed).
+        event_seq: Seq,
+        /// Every queue that got an entry, with its seq (for notifies).
+        queued: Vec<(UserId, Seq)>,
+        /// For a large group: the timeline's new top.
+        timeline: Option<(GroupId, Seq)>,
+    },
+    /// A read position was set.
+    ReadSet {
+        /// The position now.
+        read_seq: Seq,
+        /// Unread left in the conversation.
+        unread: u64,
+        /// For 1:1: the peer to tell (a read receipt).
+        receipt_to: Option<UserId>,
+    },
+    /// A message was recalled (or already was: `queued` is then empty).
+    Recalled {
+        /// Every queue that got the recall entry, with its seq.
+        queued: Vec<(UserId, Seq)>,
+        /// For a large group: the timeline's new top.
+        timeline: Option<(GroupId, Seq)>,
+    },
+    /// A large group's timeline cursor of a member was set.
+    TimelineAcked {
+        /// The member's cursor now.
+        acked_seq: Seq,
+    },
+    /// A device record was deleted (`false`: there was none).
+    DeviceForgotten(bool),
     /// What a Collect op removed.
     Collected {
         /// Queue entries deleted.
@@ -245,14 +417,22 @@ pub struct StoredMessage {
     pub from: UserId,
     /// The sender's device.
     pub from_device: String,
-    /// The recipient.
+    /// The recipient (0 for a group entry).
     pub to: UserId,
     /// The sender's idempotency key.
     pub client_msg_id: String,
-    /// Opaque label.
+    /// Opaque label (empty once recalled).
     pub content_type: String,
-    /// Opaque body.
+    /// Opaque body (empty once recalled).
     pub content: Bytes,
+    /// The group (0 for 1:1).
+    pub group: GroupId,
+    /// A chat message, a group event or a recall.
+    pub kind: EntryKind,
+    /// Position in its conversation (group seq, or the pair's counter).
+    pub conv_seq: Seq,
+    /// The message was recalled after it was stored.
+    pub recalled: bool,
 }
 
 /// A page of a user's queue.
@@ -344,6 +524,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` entries with seq > `after_seq`, with their bodies.
     fn pull(&self, user: UserId, after_seq: Seq, limit: usize) -> Result<Page, StoreError>;
+
+    /// A group by id (dissolved groups too).
+    fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, StoreError>;
+
+    /// A user's member record in a group (current or former).
+    fn member(&self, group: GroupId, user: UserId) -> Result<Option<MemberRecord>, StoreError>;
+
+    /// Current members of a group in user id order.
+    fn members(&self, group: GroupId) -> Result<Vec<MemberRecord>, StoreError>;
+
+    /// The groups `user` is a current member of, in group id order.
+    fn user_groups(&self, user: UserId) -> Result<Vec<GroupId>, StoreError>;
+
+    /// Up to `limit` entries of a large group's timeline with seq in
+    /// (`after_seq`, `up_to`], with bodies.
+    fn timeline(
+        &self,
+        group: GroupId,
+        after_seq: Seq,
+        up_to: Seq,
+        limit: usize,
+    ) -> Result<TimelinePage, StoreError>;
+
+    /// The user's 1:1 conversations (any order).
+    fn conversations(&self, user: UserId) -> Result<Vec<Conversation>, StoreError>;
+
+    /// A message body by id, as a stored message with seq 0.
+    fn message(&self, msg_id: MsgId) -> Result<Option<StoredMessage>, StoreError>;
 
     /// The largest message id the store has ever been given (0 if none), so
     /// the id generator can start above it after a restart even if the

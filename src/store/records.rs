@@ -50,6 +50,17 @@ pub(crate) fn split_user_seq(key: &[u8]) -> Result<(UserId, Seq), StoreError> {
     Ok((user, seq))
 }
 
+/// A key of two u64s, e.g. group ++ user or user ++ peer: same layout as a
+/// queue key, so records of the first id are one contiguous range.
+pub(crate) fn pair_key(first: u64, second: u64) -> [u8; 2 * U64_LEN] {
+    user_seq_key(first, second)
+}
+
+/// Splits a [`pair_key`].
+pub(crate) fn split_pair(key: &[u8]) -> Result<(u64, u64), StoreError> {
+    split_user_seq(key)
+}
+
 /// The key of a per-user string-named record (a device id, a client message
 /// id): user (8 bytes BE) ++ the string's UTF-8 bytes. The fixed-width
 /// prefix keeps it unambiguous and groups one user's records together.
@@ -205,9 +216,138 @@ pub(crate) struct BodyValue {
     /// Opaque label.
     #[prost(string, tag = "6")]
     pub content_type: String,
-    /// Opaque body.
+    /// Opaque body (cleared on recall).
     #[prost(bytes = "bytes", tag = "7")]
     pub content: Bytes,
+    /// The group, for a group message or event (0 for 1:1).
+    #[prost(uint64, tag = "8")]
+    pub group: u64,
+    /// 0 chat, 2 group event, 3 recall (the wire's MessageKind numbers;
+    /// bodies of schema 2 have none and are chat).
+    #[prost(uint32, tag = "9")]
+    pub kind: u32,
+    /// For a group event.
+    #[prost(message, optional, tag = "10")]
+    pub event: Option<EventValue>,
+    /// Position in its conversation.
+    #[prost(uint64, tag = "11")]
+    pub conv_seq: u64,
+    /// For a recall entry: the recalled message.
+    #[prost(uint64, tag = "12")]
+    pub recalled_msg_id: u64,
+    /// The message was recalled: content and type are cleared.
+    #[prost(bool, tag = "13")]
+    pub recalled: bool,
+}
+
+/// A group event inside a [`BodyValue`].
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct EventValue {
+    /// The wire's GroupEventType number.
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    /// Who did it.
+    #[prost(uint64, tag = "2")]
+    pub actor: u64,
+    /// Whom it concerns.
+    #[prost(uint64, repeated, tag = "3")]
+    pub targets: Vec<u64>,
+    /// The new role of a RoleChanged event.
+    #[prost(uint32, tag = "4")]
+    pub role: u32,
+    /// The group's name at the time.
+    #[prost(string, tag = "5")]
+    pub group_name: String,
+    /// For BecameLarge.
+    #[prost(uint64, tag = "6")]
+    pub timeline_from_seq: u64,
+}
+
+/// Value of `groupid_group`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct GroupValue {
+    /// Its name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The owner.
+    #[prost(uint64, tag = "2")]
+    pub owner: u64,
+    /// Creation, ms since the epoch.
+    #[prost(uint64, tag = "3")]
+    pub created_at_ms: u64,
+    /// Current members.
+    #[prost(uint32, tag = "4")]
+    pub member_count: u32,
+    /// Large group.
+    #[prost(bool, tag = "5")]
+    pub large: bool,
+    /// First timeline seq.
+    #[prost(uint64, tag = "6")]
+    pub timeline_from_seq: u64,
+    /// Highest group seq.
+    #[prost(uint64, tag = "7")]
+    pub max_seq: u64,
+    /// Dissolved.
+    #[prost(bool, tag = "8")]
+    pub dissolved: bool,
+    /// Last message or event.
+    #[prost(uint64, tag = "9")]
+    pub last_msg_id: u64,
+    /// Its sender.
+    #[prost(uint64, tag = "10")]
+    pub last_from: u64,
+    /// Last activity, ms.
+    #[prost(uint64, tag = "11")]
+    pub last_activity_ms: u64,
+}
+
+/// Value of `groupuser_member` (group ++ user is the key).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct MemberValue {
+    /// The wire's GroupRole number; 0 for a former member.
+    #[prost(uint32, tag = "1")]
+    pub role: u32,
+    /// The group seq before the join event.
+    #[prost(uint64, tag = "2")]
+    pub joined_seq: u64,
+    /// Join time, ms.
+    #[prost(uint64, tag = "3")]
+    pub joined_at_ms: u64,
+    /// The seq of the event that removed a former member.
+    #[prost(uint64, tag = "4")]
+    pub left_seq: u64,
+    /// Read position.
+    #[prost(uint64, tag = "5")]
+    pub read_seq: u64,
+    /// Timeline cursor.
+    #[prost(uint64, tag = "6")]
+    pub acked_seq: u64,
+    /// Last activity, ms.
+    #[prost(uint64, tag = "7")]
+    pub last_active_ms: u64,
+}
+
+/// Value of `userpeer_conv` (user ++ peer is the key).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct ConvValue {
+    /// The last message's conv seq.
+    #[prost(uint64, tag = "1")]
+    pub last_seq: u64,
+    /// The user's read position.
+    #[prost(uint64, tag = "2")]
+    pub read_seq: u64,
+    /// The peer's read position.
+    #[prost(uint64, tag = "3")]
+    pub peer_read_seq: u64,
+    /// The last message.
+    #[prost(uint64, tag = "4")]
+    pub last_msg_id: u64,
+    /// Its sender.
+    #[prost(uint64, tag = "5")]
+    pub last_from: u64,
+    /// Last activity, ms.
+    #[prost(uint64, tag = "6")]
+    pub last_activity_ms: u64,
 }
 
 /// Value of `userclientmsgid_dedupe` (sender ++ client_msg_id is the key):
@@ -224,6 +364,9 @@ pub(crate) struct DedupeValue {
     /// Its seq in the recipient's queue.
     #[prost(uint64, tag = "3")]
     pub recipient_seq: Seq,
+    /// Its position in its conversation.
+    #[prost(uint64, tag = "4")]
+    pub conv_seq: Seq,
 }
 
 #[cfg(test)]
@@ -338,6 +481,19 @@ mod tests {
             client_msg_id: "c1".into(),
             content_type: "text/plain".into(),
             content: Bytes::from_static(b"\x00hello\xff"),
+            group: 9,
+            kind: 2,
+            event: Some(EventValue {
+                kind: 2,
+                actor: 1,
+                targets: vec![2, 3],
+                role: 0,
+                group_name: "g".into(),
+                timeline_from_seq: 0,
+            }),
+            conv_seq: 4,
+            recalled_msg_id: 0,
+            recalled: false,
         };
         assert_eq!(
             decode::<BodyValue>("body", &body.encode_to_vec()).unwrap(),
@@ -348,6 +504,7 @@ mod tests {
             msg_id: 1 << 40,
             sender_seq: 3,
             recipient_seq: 8,
+            conv_seq: 2,
         };
         assert_eq!(
             decode::<DedupeValue>("dedupe", &dedupe.encode_to_vec()).unwrap(),

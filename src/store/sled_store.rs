@@ -19,6 +19,11 @@
 //! | `msgid_body` | msg id (8 BE) | `BodyValue` (with refcount) |
 //! | `userclientmsgid_dedupe` | sender (8 BE) ++ client_msg_id | `DedupeValue` |
 //! | `usertokenhash_device` | user (8 BE) ++ SHA-256 of the token (32) | device id (UTF-8) |
+//! | `groupid_group` | group (8 BE) | `GroupValue` |
+//! | `groupuser_member` | group (8 BE) ++ user (8 BE) | `MemberValue` (kept after leaving) |
+//! | `usergroup_joined` | user (8 BE) ++ group (8 BE) | empty (current memberships) |
+//! | `groupseq_msgid` | group (8 BE) ++ seq (8 BE) | msg id (8 BE): a large group's timeline |
+//! | `userpeer_conv` | user (8 BE) ++ peer (8 BE) | `ConvValue` (1:1 conversation) |
 //!
 //! Every write takes the store's write gate shared; [`Store::backup`] takes
 //! it exclusively, so a backup sees no write land while it copies.
@@ -28,6 +33,7 @@ mod backup;
 mod batch;
 mod files;
 mod manifest;
+mod social;
 #[cfg(test)]
 mod tests;
 pub(crate) mod verify;
@@ -46,8 +52,9 @@ use super::records::{
     BodyValue, DedupeValue, DeviceValue, TokenValue, UserValue,
 };
 use super::{
-    msg_id_time_ms, BackupReport, DeviceRecord, Durability, MsgId, Page, Seq, Store, StoreError,
-    StoreStats, StoredMessage, TokenRecord, UserId, UserRecord, WriteOp, WriteOutcome,
+    msg_id_time_ms, BackupReport, Conversation, DeviceRecord, Durability, GroupId, GroupRecord,
+    MemberRecord, MsgId, Page, Seq, Store, StoreError, StoreStats, StoredMessage, TimelinePage,
+    TokenRecord, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use files::SyncFiles;
 use manifest::{Committed, Manifest};
@@ -55,12 +62,15 @@ use manifest::{Committed, Manifest};
 /// The schema version this build reads and writes. Bump it when a key or
 /// value layout changes incompatibly, and add the step to [`SledStore::migrate`].
 ///
-/// Version 2 added the `usertokenhash_device` index.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version 2 added the `usertokenhash_device` index; version 3 the group,
+/// timeline and conversation trees and the new body fields (a version 2
+/// store has none of them, so its migration only writes the number).
+pub const SCHEMA_VERSION: u32 = 3;
 
 const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 const META_MSGID_FLOOR: &[u8] = b"msgid_floor";
 const META_NEXT_USER_ID: &[u8] = b"next_user_id";
+const META_NEXT_GROUP_ID: &[u8] = b"next_group_id";
 const META_READY_PROBE: &[u8] = b"ready_probe";
 
 /// Tuning of the sled engine; the defaults suit a single pigeond.
@@ -102,6 +112,11 @@ struct Trees {
     msgid_body: Tree,
     userclientmsgid_dedupe: Tree,
     usertokenhash_device: Tree,
+    groupid_group: Tree,
+    groupuser_member: Tree,
+    usergroup_joined: Tree,
+    groupseq_msgid: Tree,
+    userpeer_conv: Tree,
 }
 
 impl Trees {
@@ -118,6 +133,11 @@ impl Trees {
             msgid_body: tree("msgid_body")?,
             userclientmsgid_dedupe: tree("userclientmsgid_dedupe")?,
             usertokenhash_device: tree("usertokenhash_device")?,
+            groupid_group: tree("groupid_group")?,
+            groupuser_member: tree("groupuser_member")?,
+            usergroup_joined: tree("usergroup_joined")?,
+            groupseq_msgid: tree("groupseq_msgid")?,
+            userpeer_conv: tree("userpeer_conv")?,
         })
     }
 }
@@ -293,6 +313,17 @@ impl SledStore {
                 tracing::info!(tokens = indexed, "store migrated from schema 1 to 2");
                 self.migrate(2)
             }
+            2 => {
+                // Groups and conversations start empty; bodies without the
+                // new fields decode as 1:1 chat messages.
+                self.trees
+                    .meta
+                    .insert(META_SCHEMA_VERSION, &3u32.to_be_bytes())
+                    .map_err(from_sled)?;
+                self.fsync()?;
+                tracing::info!("store migrated from schema 2 to 3");
+                self.migrate(3)
+            }
             _ => Err(StoreError::SchemaVersion {
                 found,
                 expected: SCHEMA_VERSION,
@@ -379,16 +410,7 @@ impl SledStore {
             )));
         };
         let body: BodyValue = decode("message body", &raw)?;
-        Ok(StoredMessage {
-            seq,
-            msg_id,
-            from: body.from,
-            from_device: body.from_device,
-            to: body.to,
-            client_msg_id: body.client_msg_id,
-            content_type: body.content_type,
-            content: body.content,
-        })
+        social::stored(seq, msg_id, body)
     }
 }
 
@@ -396,7 +418,7 @@ impl Store for SledStore {
     fn apply(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
         let _writing = self.writing();
         self.check_healthy()?;
-        let grows = ops.iter().any(|op| matches!(op, WriteOp::Send { .. }));
+        let grows = ops.iter().any(|op| op.msg_ids_needed() > 0);
         self.check_space(grows)?;
         self.track(batch::apply(&self.trees, ops))
     }
@@ -543,6 +565,48 @@ impl Store for SledStore {
             max_seq,
             has_more,
         })
+    }
+
+    fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, StoreError> {
+        social::group(&self.trees, group)
+    }
+
+    fn member(&self, group: GroupId, user: UserId) -> Result<Option<MemberRecord>, StoreError> {
+        social::member(&self.trees, group, user)
+    }
+
+    fn members(&self, group: GroupId) -> Result<Vec<MemberRecord>, StoreError> {
+        social::members(&self.trees, group)
+    }
+
+    fn user_groups(&self, user: UserId) -> Result<Vec<GroupId>, StoreError> {
+        social::user_groups(&self.trees, user)
+    }
+
+    fn timeline(
+        &self,
+        group: GroupId,
+        after_seq: Seq,
+        up_to: Seq,
+        limit: usize,
+    ) -> Result<TimelinePage, StoreError> {
+        social::timeline(self, group, after_seq, up_to, limit)
+    }
+
+    fn conversations(&self, user: UserId) -> Result<Vec<Conversation>, StoreError> {
+        social::conversations(&self.trees, user)
+    }
+
+    fn message(&self, msg_id: MsgId) -> Result<Option<StoredMessage>, StoreError> {
+        let Some(raw) = self
+            .trees
+            .msgid_body
+            .get(u64_key(msg_id))
+            .map_err(from_sled)?
+        else {
+            return Ok(None);
+        };
+        social::stored(0, msg_id, decode("message body", &raw)?).map(Some)
     }
 
     fn msg_id_floor(&self) -> Result<MsgId, StoreError> {

@@ -8,19 +8,22 @@
 //!
 //! [`Store::apply`]: crate::store::Store::apply
 
+mod social;
+
 use std::collections::{BTreeSet, HashMap};
 
 use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use super::{from_sled, Trees, META_MSGID_FLOOR, META_NEXT_USER_ID};
+use super::{from_sled, Trees, META_MSGID_FLOOR, META_NEXT_GROUP_ID, META_NEXT_USER_ID};
 use crate::store::records::{
     decode, decode_u64, split_user_seq, u64_key, user_seq_key, user_str_key, BodyValue,
     DedupeValue, DeviceValue, UserValue,
 };
 use crate::store::{
-    msg_id_time_ms, MsgId, NewMessage, Seq, StoreError, UserId, UserRecord, WriteOp, WriteOutcome,
+    msg_id_time_ms, GroupId, MsgId, NewMessage, Seq, StoreError, UserId, UserRecord, WriteOp,
+    WriteOutcome,
 };
 
 type TxError = ConflictableTransactionError<StoreError>;
@@ -31,7 +34,7 @@ pub(super) fn tx<T>(result: Result<T, StoreError>) -> TxResult<T> {
     result.map_err(ConflictableTransactionError::Abort)
 }
 
-fn corrupt(message: String) -> TxError {
+pub(super) fn corrupt(message: String) -> TxError {
     ConflictableTransactionError::Abort(StoreError::Corrupt(message))
 }
 
@@ -151,6 +154,7 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
         return Ok(Vec::new());
     }
     let scans = scan_for_collect(trees, ops)?;
+    let group_scans = social::scan_groups(trees, ops)?;
     let trees = (
         &trees.meta,
         &trees.userdevice_device,
@@ -158,11 +162,16 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
         &trees.userid_maxseq,
         &trees.msgid_body,
         &trees.userclientmsgid_dedupe,
+        &trees.groupid_group,
+        &trees.groupuser_member,
+        &trees.usergroup_joined,
+        &trees.groupseq_msgid,
+        &trees.userpeer_conv,
     );
     // sled may run the closure again on a conflict, so all batch state is
     // made inside it.
-    finish_tx(
-        trees.transaction(|(meta, devices, queue, maxseq, bodies, dedupe)| {
+    finish_tx(trees.transaction(
+        |(meta, devices, queue, maxseq, bodies, dedupe, groups, members, joined, timeline, convs)| {
             let mut batch = Batch {
                 meta,
                 devices,
@@ -170,7 +179,14 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
                 maxseq,
                 bodies,
                 dedupe,
+                groups,
+                members,
+                joined,
+                timeline,
+                convs,
                 scans: &scans,
+                group_scans: &group_scans,
+                member_sets: HashMap::new(),
                 max_seqs: HashMap::new(),
                 raised: BTreeSet::new(),
                 new_seqs: HashMap::new(),
@@ -183,8 +199,8 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
                 .collect::<TxResult<Vec<_>>>()?;
             batch.finish()?;
             Ok(outcomes)
-        }),
-    )
+        },
+    ))
 }
 
 /// One batch in flight: the transaction's trees plus what the batch has
@@ -197,7 +213,17 @@ struct Batch<'a> {
     maxseq: &'a TransactionalTree,
     bodies: &'a TransactionalTree,
     dedupe: &'a TransactionalTree,
+    groups: &'a TransactionalTree,
+    members: &'a TransactionalTree,
+    joined: &'a TransactionalTree,
+    timeline: &'a TransactionalTree,
+    convs: &'a TransactionalTree,
     scans: &'a HashMap<UserId, CollectScan>,
+    /// Current members of the groups the batch fans out to, as scanned
+    /// before the transaction (see `social::scan_groups`).
+    group_scans: &'a HashMap<GroupId, Vec<UserId>>,
+    /// Current members as this batch changed them.
+    member_sets: HashMap<GroupId, BTreeSet<UserId>>,
     /// Max seq per user as of the current op.
     max_seqs: HashMap<UserId, Seq>,
     /// Users whose max seq this batch raised.
@@ -235,11 +261,66 @@ impl Batch<'_> {
                 retain_since_ms,
                 limit,
             } => self.collect(*user, *active_since_ms, *retain_since_ms, *limit),
+            WriteOp::CreateGroup {
+                owner,
+                name,
+                members,
+                large_threshold,
+                max_members,
+                now_ms,
+                msg_id,
+            } => {
+                let limits = social::Limits {
+                    large_threshold: *large_threshold,
+                    max_members: *max_members,
+                };
+                self.create_group(*owner, name, members, limits, *now_ms, *msg_id)
+            }
+            WriteOp::ChangeGroup {
+                group,
+                actor,
+                change,
+                large_threshold,
+                max_members,
+                now_ms,
+                msg_id,
+            } => {
+                let limits = social::Limits {
+                    large_threshold: *large_threshold,
+                    max_members: *max_members,
+                };
+                self.change_group(*group, *actor, change, limits, *now_ms, *msg_id)
+            }
+            WriteOp::Read {
+                user,
+                conversation,
+                seq,
+                now_ms,
+            } => self.read(*user, *conversation, *seq, *now_ms),
+            WriteOp::Recall {
+                caller,
+                caller_device,
+                target,
+                window_since_ms,
+                msg_id,
+            } => self.recall(*caller, caller_device, *target, *window_since_ms, *msg_id),
+            WriteOp::TimelineAck {
+                user,
+                group,
+                seq,
+                now_ms,
+            } => self.timeline_ack(*user, *group, *seq, *now_ms),
+            WriteOp::ForgetDevice { user, device_id } => {
+                let key = user_str_key(*user, device_id);
+                let existed = self.devices.remove(&key[..])?.is_some();
+                Ok(WriteOutcome::DeviceForgotten(existed))
+            }
         }
     }
 
     /// Writes per stored 1:1 message: body, two queue entries, dedupe record,
-    /// plus each touched user's max seq and the floor once per batch.
+    /// the two conversation records, plus each touched user's max seq and
+    /// the floor once per batch. A group message goes to `send_group`.
     fn send(&mut self, m: &NewMessage, dedupe_since_ms: u64) -> TxResult<WriteOutcome> {
         // A resend's fresh id was also handed out, so it raises the floor too.
         self.top_msg_id = self.top_msg_id.max(m.msg_id);
@@ -252,45 +333,69 @@ impl Batch<'_> {
                     sender_seq: first.sender_seq,
                     recipient_seq: first.recipient_seq,
                     duplicate: true,
+                    conv_seq: first.conv_seq,
+                    queued: Vec::new(),
+                    timeline: None,
                 });
             }
         }
-        let body_key = u64_key(m.msg_id);
         // Overwriting a body would orphan the queue entries counted in its
         // refcount: refuse a reused id (a broken id generator) outright.
-        if self.bodies.get(body_key)?.is_some() {
+        if self.bodies.get(u64_key(m.msg_id))?.is_some() {
             return Err(corrupt(format!(
                 "message id {} is already stored",
                 m.msg_id
             )));
         }
+        let outcome = if m.group != 0 {
+            self.send_group(m)?
+        } else {
+            self.send_direct(m)?
+        };
+        if let WriteOutcome::Sent {
+            sender_seq,
+            recipient_seq,
+            conv_seq,
+            ..
+        } = &outcome
+        {
+            let first = DedupeValue {
+                msg_id: m.msg_id,
+                sender_seq: *sender_seq,
+                recipient_seq: *recipient_seq,
+                conv_seq: *conv_seq,
+            };
+            self.dedupe.insert(dedupe_key, first.encode_to_vec())?;
+        }
+        Ok(outcome)
+    }
+
+    fn send_direct(&mut self, m: &NewMessage) -> TxResult<WriteOutcome> {
+        let conv_seq = self.advance_conversation(m.from, m.to, m.msg_id)?;
         let sender_seq = self.push_entry(m.from, m.msg_id)?;
+        let mut queued = vec![(m.from, sender_seq)];
         let (recipient_seq, refcount) = if m.to == m.from {
             (sender_seq, 1)
         } else {
-            (self.push_entry(m.to, m.msg_id)?, 2)
+            let seq = self.push_entry(m.to, m.msg_id)?;
+            queued.push((m.to, seq));
+            (seq, 2)
         };
         let body = BodyValue {
             refcount,
-            from: m.from,
-            to: m.to,
-            from_device: m.from_device.clone(),
-            client_msg_id: m.client_msg_id.clone(),
-            content_type: m.content_type.clone(),
-            content: m.content.clone(),
+            conv_seq,
+            ..chat_body(m)
         };
-        self.bodies.insert(&body_key[..], body.encode_to_vec())?;
-        let first = DedupeValue {
-            msg_id: m.msg_id,
-            sender_seq,
-            recipient_seq,
-        };
-        self.dedupe.insert(dedupe_key, first.encode_to_vec())?;
+        self.bodies
+            .insert(&u64_key(m.msg_id)[..], body.encode_to_vec())?;
         Ok(WriteOutcome::Sent {
             msg_id: m.msg_id,
             sender_seq,
             recipient_seq,
             duplicate: false,
+            conv_seq,
+            queued,
+            timeline: None,
         })
     }
 
@@ -508,6 +613,25 @@ impl Batch<'_> {
                 .insert(META_MSGID_FLOOR, &u64_key(self.top_msg_id)[..])?;
         }
         Ok(())
+    }
+}
+
+/// The stored body of a chat message, before its refcount and conv seq.
+pub(super) fn chat_body(m: &NewMessage) -> BodyValue {
+    BodyValue {
+        refcount: 0,
+        from: m.from,
+        to: m.to,
+        from_device: m.from_device.clone(),
+        client_msg_id: m.client_msg_id.clone(),
+        content_type: m.content_type.clone(),
+        content: m.content.clone(),
+        group: m.group,
+        kind: super::social::KIND_CHAT,
+        event: None,
+        conv_seq: 0,
+        recalled_msg_id: 0,
+        recalled: false,
     }
 }
 

@@ -1,0 +1,210 @@
+//! Reads of groups, members, timelines and conversations in the sled
+//! engine, and the conversions between their stored values and the store's
+//! records. The writes are in `batch::social`.
+
+use std::ops::Bound;
+
+use super::{from_sled, SledStore, Trees};
+use crate::store::records::{
+    decode, pair_key, split_pair, u64_key, BodyValue, ConvValue, EventValue,
+    GroupValue, MemberValue,
+};
+use crate::store::{
+    Conversation, EntryKind, GroupEventKind, GroupEventRecord, GroupId, GroupRecord, MemberRecord,
+    MsgId, Role, Seq, StoreError, StoredMessage, TimelinePage, UserId,
+};
+
+/// The wire's MessageKind numbers, as bodies store them.
+pub(super) const KIND_CHAT: u32 = 0;
+pub(super) const KIND_GROUP_EVENT: u32 = 2;
+pub(super) const KIND_RECALL: u32 = 3;
+
+/// A body read back as a stored message at `seq`.
+pub(super) fn stored(seq: Seq, msg_id: MsgId, body: BodyValue) -> Result<StoredMessage, StoreError> {
+    let kind = match body.kind {
+        KIND_CHAT | 1 => EntryKind::Chat,
+        KIND_GROUP_EVENT => {
+            let event = body
+                .event
+                .ok_or_else(|| StoreError::Corrupt(format!("group event {msg_id} has no event")))?;
+            EntryKind::GroupEvent(event_record(event)?)
+        }
+        KIND_RECALL => EntryKind::Recall(body.recalled_msg_id),
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "body {msg_id} has unknown kind {other}"
+            )))
+        }
+    };
+    Ok(StoredMessage {
+        seq,
+        msg_id,
+        from: body.from,
+        from_device: body.from_device,
+        to: body.to,
+        client_msg_id: body.client_msg_id,
+        content_type: body.content_type,
+        content: body.content,
+        group: body.group,
+        kind,
+        conv_seq: body.conv_seq,
+        recalled: body.recalled,
+    })
+}
+
+fn event_record(event: EventValue) -> Result<GroupEventRecord, StoreError> {
+    let kind = GroupEventKind::from_number(event.kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown group event kind {}", event.kind)))?;
+    Ok(GroupEventRecord {
+        kind,
+        actor: event.actor,
+        targets: event.targets,
+        role: Role::from_number(event.role),
+        group_name: event.group_name,
+        timeline_from_seq: event.timeline_from_seq,
+    })
+}
+
+/// The stored value of an event.
+pub(super) fn event_value(event: &GroupEventRecord) -> EventValue {
+    EventValue {
+        kind: event.kind as u32,
+        actor: event.actor,
+        targets: event.targets.clone(),
+        role: event.role.map_or(0, Role::number),
+        group_name: event.group_name.clone(),
+        timeline_from_seq: event.timeline_from_seq,
+    }
+}
+
+pub(super) fn group_record(id: GroupId, v: GroupValue) -> GroupRecord {
+    GroupRecord {
+        id,
+        name: v.name,
+        owner: v.owner,
+        created_at_ms: v.created_at_ms,
+        member_count: v.member_count,
+        large: v.large,
+        timeline_from_seq: v.timeline_from_seq,
+        max_seq: v.max_seq,
+        dissolved: v.dissolved,
+        last_msg_id: v.last_msg_id,
+        last_from: v.last_from,
+        last_activity_ms: v.last_activity_ms,
+    }
+}
+
+pub(super) fn member_record(group: GroupId, user: UserId, v: MemberValue) -> MemberRecord {
+    MemberRecord {
+        group,
+        user,
+        role: Role::from_number(v.role),
+        joined_seq: v.joined_seq,
+        joined_at_ms: v.joined_at_ms,
+        left_seq: v.left_seq,
+        read_seq: v.read_seq,
+        acked_seq: v.acked_seq,
+        last_active_ms: v.last_active_ms,
+    }
+}
+
+pub(super) fn group(trees: &Trees, group: GroupId) -> Result<Option<GroupRecord>, StoreError> {
+    let Some(raw) = trees.groupid_group.get(u64_key(group)).map_err(from_sled)? else {
+        return Ok(None);
+    };
+    Ok(Some(group_record(group, decode("group", &raw)?)))
+}
+
+pub(super) fn member(
+    trees: &Trees,
+    group: GroupId,
+    user: UserId,
+) -> Result<Option<MemberRecord>, StoreError> {
+    let key = pair_key(group, user);
+    let Some(raw) = trees.groupuser_member.get(key).map_err(from_sled)? else {
+        return Ok(None);
+    };
+    Ok(Some(member_record(group, user, decode("member", &raw)?)))
+}
+
+pub(super) fn members(trees: &Trees, group: GroupId) -> Result<Vec<MemberRecord>, StoreError> {
+    let mut members = Vec::new();
+    for item in trees.groupuser_member.scan_prefix(u64_key(group)) {
+        let (key, raw) = item.map_err(from_sled)?;
+        let (_, user) = split_pair(&key)?;
+        let member = member_record(group, user, decode("member", &raw)?);
+        if member.role.is_some() {
+            members.push(member);
+        }
+    }
+    Ok(members)
+}
+
+/// Current members' ids only (the batch's pre-scan).
+pub(super) fn member_ids(trees: &Trees, group: GroupId) -> Result<Vec<UserId>, StoreError> {
+    Ok(members(trees, group)?.into_iter().map(|m| m.user).collect())
+}
+
+pub(super) fn user_groups(trees: &Trees, user: UserId) -> Result<Vec<GroupId>, StoreError> {
+    let mut groups = Vec::new();
+    for item in trees.usergroup_joined.scan_prefix(u64_key(user)) {
+        let (key, _) = item.map_err(from_sled)?;
+        groups.push(split_pair(&key)?.1);
+    }
+    Ok(groups)
+}
+
+pub(super) fn timeline(
+    store: &SledStore,
+    group: GroupId,
+    after_seq: Seq,
+    up_to: Seq,
+    limit: usize,
+) -> Result<TimelinePage, StoreError> {
+    if after_seq >= up_to {
+        return Ok(TimelinePage::default());
+    }
+    let range = (
+        Bound::Excluded(pair_key(group, after_seq)),
+        Bound::Included(pair_key(group, up_to)),
+    );
+    let mut entries = store.trees.groupseq_msgid.range(range);
+    let mut messages = Vec::new();
+    for item in entries.by_ref().take(limit) {
+        let (key, value) = item.map_err(from_sled)?;
+        messages.push(store.stored_message(&key, &value)?);
+    }
+    let has_more = entries.next().transpose().map_err(from_sled)?.is_some();
+    Ok(TimelinePage { messages, has_more })
+}
+
+pub(super) fn conversation(peer: UserId, v: ConvValue) -> Conversation {
+    Conversation {
+        peer,
+        last_seq: v.last_seq,
+        read_seq: v.read_seq,
+        peer_read_seq: v.peer_read_seq,
+        last_msg_id: v.last_msg_id,
+        last_from: v.last_from,
+        last_activity_ms: v.last_activity_ms,
+    }
+}
+
+pub(super) fn conversations(trees: &Trees, user: UserId) -> Result<Vec<Conversation>, StoreError> {
+    let mut found = Vec::new();
+    for item in trees.userpeer_conv.scan_prefix(u64_key(user)) {
+        let (key, raw) = item.map_err(from_sled)?;
+        let (_, peer) = split_pair(&key)?;
+        found.push(conversation(peer, decode("conversation", &raw)?));
+    }
+    Ok(found)
+}
+
+/// The group a stored body belongs to (0 for 1:1, or no such body), for the
+/// batch's pre-scan of a recall.
+pub(super) fn body_group(trees: &Trees, msg_id: MsgId) -> Result<GroupId, StoreError> {
+    match trees.msgid_body.get(u64_key(msg_id)).map_err(from_sled)? {
+        Some(raw) => Ok(decode::<BodyValue>("message body", &raw)?.group),
+        None => Ok(0),
+    }
+}
