@@ -1,14 +1,18 @@
 //! The high-level [`Client`]: a supervisor task that keeps one logged-in
-//! connection alive, syncs the inbox on login and on every Notify, hands
-//! new messages to the application in seq order as [`ClientEvent`]s, keeps
-//! the [`Profile`] (token, cursor) on disk, and reconnects with jittered
-//! exponential backoff.
+//! connection alive, syncs the inbox on login and on every Notify, follows
+//! the timelines of the user's large groups (on login, on a GroupNotify
+//! ahead of the group's cursor, and after the inbox brings a group event),
+//! hands new messages to the application in order as [`ClientEvent`]s,
+//! passes receipts, typing and presence pushes on, keeps the [`Profile`]
+//! (token, cursors) on disk, and reconnects with jittered exponential
+//! backoff.
 //!
 //! The application reads events with [`Client::next_event`] and sends with
 //! [`Client::send`] while connected. Sends are never retried behind the
 //! application's back: it gets the server's answer or an error, and may
 //! resend with the same `client_msg_id` safely.
 
+mod sink;
 mod supervisor;
 
 use std::fmt;
@@ -101,9 +105,24 @@ pub enum ClientEvent {
         /// The cursor the sync resumes from.
         cursor: u64,
     },
-    /// A new message, in seq order, never one at or below the cursor.
+    /// A new inbox entry, in seq order, never one at or below the cursor.
+    /// Small groups' messages and every group's events come this way (with
+    /// `group_id` set).
     Message(pb::Message),
-    /// Every waiting message was delivered and acknowledged.
+    /// A new entry of a large group's timeline, in group seq order within
+    /// the group (`seq` and `conv_seq` are the group seq, `group_id` names
+    /// the group). There is no order between the inbox and a timeline: see
+    /// [`crate::timeline`] for merging them by conversation.
+    GroupMessage(pb::Message),
+    /// A 1:1 peer read the conversation up to `read_seq` (a conv_seq).
+    ReadReceipt(pb::ReadReceipt),
+    /// A peer or fellow group member is (or stopped) typing.
+    Typing(pb::TypingEvent),
+    /// A user this connection subscribed to (with
+    /// [`Connection::presence`]) went online or offline.
+    Presence(pb::Presence),
+    /// Every waiting inbox message and large-group timeline entry was
+    /// delivered (and the inbox acknowledged).
     CaughtUp {
         /// The cursor now.
         cursor: u64,

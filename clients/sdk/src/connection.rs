@@ -135,13 +135,37 @@ impl From<u64> for Recipient {
     }
 }
 
+/// One conversation: a 1:1 peer or a group (for read positions and typing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// The 1:1 conversation with this user id.
+    User(u64),
+    /// This group.
+    Group(u64),
+}
+
 /// A frame the server sent without being asked (or that matched no
 /// waiting request).
+///
+/// Pushes that supersede each other are merged while not yet taken, so a
+/// slow reader of events holds at most one of each per key: Notify (one),
+/// GroupNotify (per group, highest `max_seq`), ReadReceipt (per peer,
+/// highest `read_seq`), Typing (per sender and group, latest) and Presence
+/// (per user, latest).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerEvent {
     /// The user's queue reaches `max_seq`. Notifies not yet taken merge
     /// into one carrying the highest `max_seq`.
     Notify(pb::Notify),
+    /// A large group's timeline reaches `max_seq`: pull it with
+    /// [`Connection::group_pull`] if behind.
+    GroupNotify(pb::GroupNotify),
+    /// A 1:1 peer read the conversation up to `read_seq`.
+    ReadReceipt(pb::ReadReceipt),
+    /// A peer or fellow group member is (or stopped) typing.
+    Typing(pb::TypingEvent),
+    /// A user this connection asked about went online or offline.
+    Presence(pb::Presence),
     /// The session is over; the server closes next.
     Kick(pb::Kick),
     /// An error not tied to a request (request id 0), usually fatal.
@@ -181,6 +205,9 @@ macro_rules! expect_answer {
         }
     };
 }
+
+// After the macro, so the requests there can use it.
+mod social;
 
 impl Connection {
     /// Dial, handshake and start the connection's tasks. Must run inside a

@@ -6,7 +6,8 @@
 //!   (register, login, send, pull, ack, ...), server pushes as
 //!   [`ServerEvent`]s and a heartbeat. No reconnects.
 //! - [`Client`]: a supervisor that keeps a connection logged in, syncs the
-//!   inbox (cursor, dedupe by seq, ack), persists a [`Profile`], and
+//!   inbox (cursor, dedupe by seq, ack) and the timelines of large groups
+//!   (a cursor per group, see [`timeline`]), persists a [`Profile`], and
 //!   reconnects with jittered exponential [`Backoff`].
 //!
 //! The sdk depends on the protocol crate only, never on the server.
@@ -17,14 +18,18 @@ pub mod connection;
 pub mod error;
 pub mod profile;
 pub mod sync;
+pub mod timeline;
 pub mod tls;
 
 pub use backoff::Backoff;
 pub use client::{Client, ClientConfig, ClientEvent};
-pub use connection::{ConnectOptions, Connection, Credential, LoginParams, Recipient, ServerEvent};
+pub use connection::{
+    ConnectOptions, Connection, Credential, LoginParams, Peer, Recipient, ServerEvent,
+};
 pub use error::{SdkError, TlsFailure};
 pub use profile::Profile;
 pub use sync::{sync_to_end, SyncReport, SyncSink};
+pub use timeline::{follow_large_groups, sync_group_to_end, TimelineSink};
 
 /// The protocol crate, re-exported so applications need one dependency.
 pub use pigeon_protocol as protocol;

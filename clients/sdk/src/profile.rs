@@ -1,12 +1,14 @@
 //! Persisted client state: one small JSON file (`profile.json`) in a
 //! directory holding the server address, username, user id, device id,
-//! token and the acknowledged cursor.
+//! token, the acknowledged inbox cursor and one cursor per large group
+//! timeline being followed.
 //!
 //! Every save writes a temporary file, fsyncs it, renames it over the old
 //! one and fsyncs the directory, so a crash leaves the old or the new state,
 //! never a torn file. The file is created with mode 0600 (the token is a
 //! bearer secret) inside a 0700 directory on unix. Owns no network code.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,11 @@ pub struct Profile {
     /// are duplicates. Pulls resume above it.
     #[serde(default)]
     pub cursor: u64,
+    /// Per large group (by id): the highest timeline seq handed to the
+    /// application. Groups without an entry start at
+    /// [`crate::timeline::timeline_start`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub group_cursors: BTreeMap<u64, u64>,
     /// Where this profile is saved; None for an in-memory profile.
     #[serde(skip)]
     dir: Option<PathBuf>,
@@ -58,6 +65,7 @@ impl std::fmt::Debug for Profile {
             .field("device_id", &self.device_id)
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("cursor", &self.cursor)
+            .field("group_cursors", &self.group_cursors)
             .finish()
     }
 }
@@ -74,6 +82,7 @@ impl Profile {
             token: None,
             token_expires_at_ms: 0,
             cursor: 0,
+            group_cursors: BTreeMap::new(),
             dir: None,
         }
     }
@@ -135,6 +144,7 @@ impl Profile {
         let same_queue = same_server && self.user_id == Some(answer.user_id);
         if !same_queue {
             self.cursor = answer.acked_seq;
+            self.group_cursors.clear();
         }
         self.server = Some(server.to_owned());
         if !username.is_empty() {
@@ -254,6 +264,32 @@ mod tests {
         assert_eq!(loaded.token.as_deref(), Some("tok"));
         assert_eq!(loaded.user_id, Some(7));
         assert_eq!(loaded.username.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn group_cursors_survive_a_reload_and_reset_with_the_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut profile = Profile::open(dir.path()).unwrap();
+        profile.record_login("h:1", "alice", &login(7, "t1", 0));
+        profile.group_cursors.insert(u64::MAX, 12);
+        profile.save().unwrap();
+        let mut loaded = Profile::load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.group_cursors.get(&u64::MAX), Some(&12));
+        loaded.record_login("h:1", "bob", &login(8, "t2", 0));
+        assert!(loaded.group_cursors.is_empty());
+    }
+
+    #[test]
+    fn profile_without_group_cursors_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(PROFILE_FILE),
+            br#"{"device_id": "d1", "cursor": 4}"#,
+        )
+        .unwrap();
+        let profile = Profile::load(dir.path()).unwrap().unwrap();
+        assert_eq!(profile.cursor, 4);
+        assert!(profile.group_cursors.is_empty());
     }
 
     #[test]

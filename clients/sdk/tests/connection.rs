@@ -2,62 +2,15 @@
 //! dev certificates): answers routed by request id, error answers typed,
 //! pushes coalesced, certificate and connect failures classified.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod fake;
+
 use std::time::Duration;
 
+use fake::{fake_server, options, pair};
 use futures_util::{SinkExt, StreamExt};
 use pigeon_protocol::{pb, Body, Codec, Envelope, ErrorCode};
-use pigeon_sdk::{tls, ConnectOptions, Connection, SdkError, ServerEvent, TlsFailure};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use pigeon_sdk::{Connection, SdkError, ServerEvent, TlsFailure};
 use tokio_util::codec::Framed;
-
-type Peer = Framed<TlsStream<tokio::net::TcpStream>, Codec>;
-
-fn certs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../certs")
-}
-
-/// A TLS listener on 127.0.0.1:0 with the dev server certificate.
-async fn fake_server() -> (TcpListener, TlsAcceptor) {
-    let certs = CertificateDer::pem_file_iter(certs_dir().join("server.pem"))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(certs_dir().join("server.key")).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    (listener, TlsAcceptor::from(Arc::new(config)))
-}
-
-fn options(listener: &TcpListener) -> ConnectOptions {
-    let tls = tls::client_config_from_ca_file(certs_dir().join("ca.pem")).unwrap();
-    let mut options = ConnectOptions::new(listener.local_addr().unwrap().to_string(), tls);
-    options.request_timeout = Duration::from_secs(5);
-    options
-}
-
-/// Connect the sdk and accept on the fake server side.
-async fn pair() -> (Connection, Peer) {
-    let (listener, acceptor) = fake_server().await;
-    let options = options(&listener);
-    let accept = async {
-        let (tcp, _) = listener.accept().await.unwrap();
-        Framed::new(acceptor.accept(tcp).await.unwrap(), Codec::default())
-    };
-    let (conn, peer) = tokio::join!(Connection::connect(&options), accept);
-    (conn.unwrap(), peer)
-}
 
 fn pong(id: u64, t: u64) -> Envelope {
     Envelope::new(
@@ -261,6 +214,8 @@ async fn client_syncs_in_order_drops_duplicates_persists_and_acks() {
                     acked = ack.seq;
                     Body::Acked(pb::AckResponse { acked_seq: ack.seq })
                 }
+                // No groups to follow.
+                Body::GroupList(_) => Body::GroupListed(pb::GroupListResponse::default()),
                 other => panic!("unexpected {other:?}"),
             };
             peer.send(Envelope::new(req.request_id, answer))

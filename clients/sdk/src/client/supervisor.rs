@@ -1,7 +1,9 @@
-//! The supervisor task behind a `Client`: connect, log in, sync, wait for
-//! pushes, and on failure back off and start over. It alone writes the
+//! The supervisor task behind a `Client`: connect, log in, sync the inbox
+//! and the large groups' timelines, wait for pushes, and on failure back
+//! off and start over. It alone writes the
 //! profile while the client runs.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,19 +12,20 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use super::sink::{Backlog, EventSink};
 use super::{ClientConfig, ClientEvent, ClientShared};
 use crate::backoff::Backoff;
 use crate::connection::{Connection, Credential, LoginParams, ServerEvent};
 use crate::error::{SdkError, TlsFailure};
 use crate::profile::Profile;
-use crate::sync::{resume_cursor, sync_to_end, SyncSink};
+use crate::sync::{resume_cursor, sync_to_end};
+use crate::timeline::{follow_large_groups, is_no_longer_readable, sync_group_to_end, SeenEvents};
 
 /// How one connection's life ended.
 enum SessionEnd {
     /// Do not reconnect. The event, if any, is the last one to report.
-    Stop(Option<ClientEvent>),
+    Stop(Option<Box<ClientEvent>>),
     /// Reconnect after a backoff of at least `at_least`.
     Retry {
         reason: String,
@@ -39,6 +42,8 @@ pub(super) struct Supervisor {
     rng: StdRng,
     /// When the current connection finished logging in.
     logged_in_at: Option<Instant>,
+    /// Group events the inbox delivered, to drop their timeline copies.
+    seen_events: SeenEvents,
 }
 
 impl Supervisor {
@@ -54,6 +59,7 @@ impl Supervisor {
             events,
             rng: StdRng::from_os_rng(),
             logged_in_at: None,
+            seen_events: SeenEvents::default(),
         }
     }
 
@@ -65,7 +71,7 @@ impl Supervisor {
             let (reason, error, at_least) = match end {
                 SessionEnd::Stop(last) => {
                     if let Some(event) = last {
-                        self.emit(event).await;
+                        self.emit(*event).await;
                     }
                     return;
                 }
@@ -161,18 +167,21 @@ impl Supervisor {
         end
     }
 
-    /// Sync now, then on every Notify that is ahead of the cursor, until
-    /// the connection ends.
-    /// Always syncs once at login: cheap, and it reports CaughtUp.
+    /// Catch up now (inbox and large groups), then again whenever a push
+    /// says something is ahead of a cursor, until the connection ends.
+    /// Always catches up once at login: cheap, and it reports CaughtUp.
     async fn serve(&mut self, conn: &Connection) -> SessionEnd {
-        let mut behind = true;
+        let mut work = Backlog {
+            inbox: true,
+            group_list: true,
+            groups: BTreeSet::new(),
+        };
         let mut last_error: Option<String> = None;
         loop {
-            if behind {
-                if let Err(e) = self.sync(conn).await {
+            if work.is_pending() {
+                if let Err(e) = self.catch_up(conn, &mut work).await {
                     return self.failure(e);
                 }
-                behind = false;
             }
             let Some(event) = conn.next_event().await else {
                 let reason = last_error
@@ -185,7 +194,13 @@ impl Supervisor {
                 };
             };
             match event {
-                ServerEvent::Notify(notify) => behind = notify.max_seq > self.cursor(),
+                ServerEvent::Notify(notify) => work.inbox |= notify.max_seq > self.cursor(),
+                ServerEvent::GroupNotify(notify) => self.group_notified(&mut work, notify),
+                ServerEvent::ReadReceipt(receipt) => {
+                    self.emit(ClientEvent::ReadReceipt(receipt)).await
+                }
+                ServerEvent::Typing(typing) => self.emit(ClientEvent::Typing(typing)).await,
+                ServerEvent::Presence(presence) => self.emit(ClientEvent::Presence(presence)).await,
                 ServerEvent::Kick(kick) => return self.kicked(kick).await,
                 ServerEvent::Error(error) => {
                     let error = SdkError::from_wire(error);
@@ -196,6 +211,24 @@ impl Supervisor {
                     tracing::debug!(request_id = envelope.request_id, "unsolicited frame");
                 }
             }
+        }
+    }
+
+    /// A large group's timeline grew: pull it if it is ahead of its cursor;
+    /// a group without a cursor yet needs the group list (for where its
+    /// timeline starts for this user).
+    fn group_notified(&self, work: &mut Backlog, notify: pb::GroupNotify) {
+        let cursor = self
+            .lock_profile()
+            .group_cursors
+            .get(&notify.group_id)
+            .copied();
+        match cursor {
+            Some(cursor) if notify.max_seq > cursor => {
+                work.groups.insert(notify.group_id);
+            }
+            Some(_) => {}
+            None => work.group_list = true,
         }
     }
 
@@ -213,7 +246,7 @@ impl Supervisor {
             reconnecting,
         };
         if final_kick {
-            return SessionEnd::Stop(Some(event));
+            return SessionEnd::Stop(Some(Box::new(event)));
         }
         self.emit(event).await;
         SessionEnd::Retry {
@@ -259,7 +292,9 @@ impl Supervisor {
                 return Err(self.failure(e));
             }
             let Some(password) = self.config.password.clone() else {
-                return Err(SessionEnd::Stop(Some(ClientEvent::Stopped { error })));
+                return Err(SessionEnd::Stop(Some(Box::new(ClientEvent::Stopped {
+                    error,
+                }))));
             };
             credential = Credential::Password(password);
         }
@@ -273,19 +308,69 @@ impl Supervisor {
         profile.token.clone().filter(|_| same_server && same_user)
     }
 
-    async fn sync(&mut self, conn: &Connection) -> Result<(), SdkError> {
-        let cursor = self.cursor();
+    /// Do what `work` says is behind: the inbox, then the group list (all
+    /// large groups), then single groups; then report CaughtUp.
+    async fn catch_up(&mut self, conn: &Connection, work: &mut Backlog) -> Result<(), SdkError> {
         let mut sink = EventSink {
             events: self.events.clone(),
             stop: self.shared.stop.clone(),
             shared: self.shared.clone(),
+            saw_group_event: false,
+            seen_events: std::mem::take(&mut self.seen_events),
         };
-        let report = sync_to_end(conn, cursor, self.config.pull_limit, &mut sink).await?;
-        tracing::debug!(?report, "synced");
-        self.emit(ClientEvent::CaughtUp {
-            cursor: report.cursor,
-        })
-        .await;
+        let result = self.catch_up_with(conn, work, &mut sink).await;
+        self.seen_events = sink.seen_events;
+        result
+    }
+
+    async fn catch_up_with(
+        &mut self,
+        conn: &Connection,
+        work: &mut Backlog,
+        sink: &mut EventSink,
+    ) -> Result<(), SdkError> {
+        if work.inbox {
+            let cursor = self.cursor();
+            let report = sync_to_end(conn, cursor, self.config.pull_limit, sink).await?;
+            tracing::debug!(?report, "synced");
+            work.inbox = false;
+            // An ADDED or BECAME_LARGE entry may start a timeline to follow.
+            work.group_list |= sink.saw_group_event;
+        }
+        if work.group_list {
+            let cursors = self.lock_profile().group_cursors.clone();
+            let limit = self.config.pull_limit;
+            let report = follow_large_groups(conn, &cursors, limit, sink).await?;
+            tracing::debug!(?report, "large groups followed");
+            if !report.gone.is_empty() {
+                {
+                    let mut profile = self.lock_profile();
+                    for group_id in &report.gone {
+                        profile.group_cursors.remove(group_id);
+                    }
+                }
+                self.save_profile().await?;
+            }
+            work.group_list = false;
+            // The list pulled every group that was behind.
+            work.groups.clear();
+        }
+        for group_id in std::mem::take(&mut work.groups) {
+            let Some(cursor) = self.lock_profile().group_cursors.get(&group_id).copied() else {
+                continue;
+            };
+            let limit = self.config.pull_limit;
+            match sync_group_to_end(conn, group_id, cursor, limit, sink).await {
+                Ok(report) => tracing::debug!(?report, "group synced"),
+                Err(e) if is_no_longer_readable(&e) => {
+                    self.lock_profile().group_cursors.remove(&group_id);
+                    self.save_profile().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let cursor = self.cursor();
+        self.emit(ClientEvent::CaughtUp { cursor }).await;
         Ok(())
     }
 
@@ -299,7 +384,7 @@ impl Supervisor {
                 other => other.is_transient(),
             };
         if !retry {
-            return SessionEnd::Stop(Some(ClientEvent::Stopped { error }));
+            return SessionEnd::Stop(Some(Box::new(ClientEvent::Stopped { error })));
         }
         let at_least = match &error {
             SdkError::Server {
@@ -344,7 +429,7 @@ impl Supervisor {
 }
 
 /// Write the shared profile from a blocking thread (it fsyncs).
-async fn save_profile(shared: &ClientShared) -> Result<(), SdkError> {
+pub(super) async fn save_profile(shared: &ClientShared) -> Result<(), SdkError> {
     let snapshot = shared
         .profile
         .lock()
@@ -354,31 +439,4 @@ async fn save_profile(shared: &ClientShared) -> Result<(), SdkError> {
     tokio::task::spawn_blocking(move || snapshot.save())
         .await
         .map_err(|e| SdkError::profile(dir, format!("saving failed: {e}")))?
-}
-
-/// Delivers synced messages as events and commits the cursor to the profile.
-struct EventSink {
-    events: mpsc::Sender<ClientEvent>,
-    stop: CancellationToken,
-    shared: Arc<ClientShared>,
-}
-
-impl SyncSink for EventSink {
-    async fn deliver(&mut self, message: pb::Message) -> Result<(), SdkError> {
-        tokio::select! {
-            _ = self.stop.cancelled() => Err(SdkError::closed("client stopped")),
-            sent = self.events.send(ClientEvent::Message(message)) => {
-                sent.map_err(|_| SdkError::closed("the application stopped listening"))
-            }
-        }
-    }
-
-    async fn commit(&mut self, cursor: u64) -> Result<(), SdkError> {
-        self.shared
-            .profile
-            .lock()
-            .expect("profile lock poisoned")
-            .cursor = cursor;
-        save_profile(&self.shared).await
-    }
 }

@@ -35,8 +35,10 @@ struct Pending {
 }
 
 /// Server pushes not yet taken by `next_event`. Holds at most one Notify
-/// (newer ones raise its max_seq in place), so a slow reader of events
-/// never lets the queue grow with notifies; Kick and fatal Error come at
+/// (newer ones raise its max_seq in place), one GroupNotify per group, one
+/// ReadReceipt per peer, one Typing per (sender, group) and one Presence
+/// per user (see `merge`), so a slow reader of events never lets the queue
+/// grow beyond the number of peers and groups; Kick and fatal Error come at
 /// most once or twice per connection because the server closes after them.
 #[derive(Default)]
 struct EventQueue {
@@ -192,15 +194,8 @@ impl Shared {
 
     fn push_event(&self, event: ServerEvent) {
         let mut events = self.events.lock().expect("events lock poisoned");
-        if let ServerEvent::Notify(new) = &event {
-            let queued = events.queue.iter_mut().find_map(|e| match e {
-                ServerEvent::Notify(n) => Some(n),
-                _ => None,
-            });
-            if let Some(queued) = queued {
-                queued.max_seq = queued.max_seq.max(new.max_seq);
-                return;
-            }
+        if events.queue.iter_mut().any(|queued| merge(queued, &event)) {
+            return;
         }
         events.queue.push_back(event);
         drop(events);
@@ -228,6 +223,12 @@ impl Shared {
         }
         match envelope.body {
             Some(Body::Notify(notify)) => self.push_event(ServerEvent::Notify(notify)),
+            Some(Body::GroupNotify(notify)) => self.push_event(ServerEvent::GroupNotify(notify)),
+            Some(Body::ReadReceipt(receipt)) => self.push_event(ServerEvent::ReadReceipt(receipt)),
+            Some(Body::TypingEvent(typing)) => self.push_event(ServerEvent::Typing(typing)),
+            Some(Body::PresenceEvent(pb::PresenceEvent {
+                presence: Some(presence),
+            })) => self.push_event(ServerEvent::Presence(presence)),
             Some(Body::Kick(kick)) => self.push_event(ServerEvent::Kick(kick)),
             Some(Body::Error(error)) => self.push_event(ServerEvent::Error(error)),
             body => self.push_event(ServerEvent::Unsolicited(Envelope {
@@ -261,6 +262,35 @@ impl Shared {
             self.tasks.spawn(heartbeat(self.clone(), interval));
         }
     }
+}
+
+/// Fold `new` into `queued` when `new` supersedes it (same kind and key);
+/// returns whether it did. Counters only move up: a merged notify or
+/// receipt carries the highest value seen, whichever arrived last.
+fn merge(queued: &mut ServerEvent, new: &ServerEvent) -> bool {
+    match (queued, new) {
+        (ServerEvent::Notify(q), ServerEvent::Notify(n)) => {
+            q.max_seq = q.max_seq.max(n.max_seq);
+        }
+        (ServerEvent::GroupNotify(q), ServerEvent::GroupNotify(n)) if q.group_id == n.group_id => {
+            q.max_seq = q.max_seq.max(n.max_seq);
+        }
+        (ServerEvent::ReadReceipt(q), ServerEvent::ReadReceipt(n))
+            if q.peer_user_id == n.peer_user_id =>
+        {
+            q.read_seq = q.read_seq.max(n.read_seq);
+        }
+        (ServerEvent::Typing(q), ServerEvent::Typing(n))
+            if (q.from_user_id, q.group_id) == (n.from_user_id, n.group_id) =>
+        {
+            q.typing = n.typing;
+        }
+        (ServerEvent::Presence(q), ServerEvent::Presence(n)) if q.user_id == n.user_id => {
+            *q = *n;
+        }
+        _ => return false,
+    }
+    true
 }
 
 /// The heartbeat when the server does not say.
