@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod process;
+pub mod social;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
