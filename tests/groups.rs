@@ -40,17 +40,32 @@ async fn roles_events_and_the_authorization_matrix() {
     });
     expect_error(&d.request(members.clone()).await, ErrorCode::NotAMember);
     // A plain member may not add, remove or set roles.
-    expect_error(&b.request(add_body(g, &[dave.id])).await, ErrorCode::PermissionDenied);
-    expect_error(&b.request(remove_body(g, carol.id)).await, ErrorCode::PermissionDenied);
+    expect_error(
+        &b.request(add_body(g, &[dave.id])).await,
+        ErrorCode::PermissionDenied,
+    );
+    expect_error(
+        &b.request(remove_body(g, carol.id)).await,
+        ErrorCode::PermissionDenied,
+    );
     let promote = role_body(g, carol.id, GroupRole::Admin);
     expect_error(&b.request(promote).await, ErrorCode::PermissionDenied);
     // Unknown groups and users are typed errors.
-    expect_error(&a.request(group_send_body(9_999, "x", "?")).await, ErrorCode::UnknownGroup);
-    expect_error(&a.request(add_body(g, &[77_777])).await, ErrorCode::UnknownUser);
+    expect_error(
+        &a.request(group_send_body(9_999, "x", "?")).await,
+        ErrorCode::UnknownGroup,
+    );
+    expect_error(
+        &a.request(add_body(g, &[77_777])).await,
+        ErrorCode::UnknownUser,
+    );
 
     // The owner makes bob an admin; bob adds dave; dave sees nothing from
     // before he joined.
-    group_of(a.request(role_body(g, bob.id, GroupRole::Admin)).await, "promote bob");
+    group_of(
+        a.request(role_body(g, bob.id, GroupRole::Admin)).await,
+        "promote bob",
+    );
     let added = group_of(b.request(add_body(g, &[dave.id])).await, "bob adds dave");
     assert!(added.event_seq > 0);
     let dave_sees = pull_all(&mut d, 0).await;
@@ -59,47 +74,89 @@ async fn roles_events_and_the_authorization_matrix() {
     group_send(&mut d, g, "d2", "hello all").await;
 
     // An admin removes plain members only; the owner anyone.
-    expect_error(&b.request(remove_body(g, alice.id)).await, ErrorCode::PermissionDenied);
-    group_of(b.request(remove_body(g, carol.id)).await, "bob removes carol");
-    expect_error(&b.request(remove_body(g, carol.id)).await, ErrorCode::NotAMember);
+    expect_error(
+        &b.request(remove_body(g, alice.id)).await,
+        ErrorCode::PermissionDenied,
+    );
+    group_of(
+        b.request(remove_body(g, carol.id)).await,
+        "bob removes carol",
+    );
+    expect_error(
+        &b.request(remove_body(g, carol.id)).await,
+        ErrorCode::NotAMember,
+    );
     group_send(&mut a, g, "a2", "after carol").await;
     let carol_sees = pull_all(&mut c, 0).await;
     assert_eq!(chat_texts(&carol_sees), ["before dave", "hello all"]);
     assert_eq!(
         event_types(&carol_sees),
-        [GroupEventType::Created, GroupEventType::RoleChanged, GroupEventType::Added, GroupEventType::Removed]
+        [
+            GroupEventType::Created,
+            GroupEventType::RoleChanged,
+            GroupEventType::Added,
+            GroupEventType::Removed
+        ]
     );
     let removed = carol_sees.last().unwrap().group_event.clone().unwrap();
-    assert_eq!((removed.actor_user_id, removed.target_user_ids), (bob.id, vec![carol.id]));
+    assert_eq!(
+        (removed.actor_user_id, removed.target_user_ids),
+        (bob.id, vec![carol.id])
+    );
     // A removed member is cut off: no sends, no member list.
-    expect_error(&c.request(group_send_body(g, "c9", "still here?")).await, ErrorCode::NotAMember);
+    expect_error(
+        &c.request(group_send_body(g, "c9", "still here?")).await,
+        ErrorCode::NotAMember,
+    );
     expect_error(&c.request(members.clone()).await, ErrorCode::NotAMember);
 
     // The owner cannot leave without handing ownership over.
     let leave = Body::GroupLeave(pb::GroupLeaveRequest { group_id: g });
     expect_error(&a.request(leave.clone()).await, ErrorCode::PermissionDenied);
-    group_of(a.request(role_body(g, dave.id, GroupRole::Owner)).await, "hand over");
-    let after_leave = group_of(a.request(leave).await, "alice leaves").group.unwrap();
+    group_of(
+        a.request(role_body(g, dave.id, GroupRole::Owner)).await,
+        "hand over",
+    );
+    let after_leave = group_of(a.request(leave).await, "alice leaves")
+        .group
+        .unwrap();
     assert_eq!(after_leave.my_role, GroupRole::Unspecified as i32);
     // Only the (new) owner dissolves.
     let dissolve = Body::GroupDissolve(pb::GroupDissolveRequest { group_id: g });
-    expect_error(&b.request(dissolve.clone()).await, ErrorCode::PermissionDenied);
+    expect_error(
+        &b.request(dissolve.clone()).await,
+        ErrorCode::PermissionDenied,
+    );
     let listed = match b.request(Body::GroupList(pb::GroupListRequest {})).await {
         Body::GroupListed(l) => l.groups,
         other => panic!("group list: {other:?}"),
     };
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].owner_user_id, listed[0].member_count), (dave.id, 2));
-    let gone = group_of(d.request(dissolve).await, "dave dissolves").group.unwrap();
+    assert_eq!(
+        (listed[0].owner_user_id, listed[0].member_count),
+        (dave.id, 2)
+    );
+    let gone = group_of(d.request(dissolve).await, "dave dissolves")
+        .group
+        .unwrap();
     assert!(gone.dissolved);
-    expect_error(&b.request(group_send_body(g, "b1", "anyone?")).await, ErrorCode::UnknownGroup);
+    expect_error(
+        &b.request(group_send_body(g, "b1", "anyone?")).await,
+        ErrorCode::UnknownGroup,
+    );
     match b.request(Body::GroupList(pb::GroupListRequest {})).await {
         Body::GroupListed(l) => assert!(l.groups.is_empty(), "{l:?}"),
         other => panic!("group list: {other:?}"),
     }
     let bob_sees = pull_all(&mut b, 0).await;
-    assert_eq!(chat_texts(&bob_sees), ["before dave", "hello all", "after carol"]);
-    assert_eq!(event_types(&bob_sees).last(), Some(&GroupEventType::Dissolved));
+    assert_eq!(
+        chat_texts(&bob_sees),
+        ["before dave", "hello all", "after carol"]
+    );
+    assert_eq!(
+        event_types(&bob_sees).last(),
+        Some(&GroupEventType::Dissolved)
+    );
     // Eve was never involved: nothing in her queue.
     assert!(pull_all(&mut e, 0).await.is_empty());
     server.stop().await;
@@ -116,7 +173,11 @@ async fn a_small_group_send_stores_one_body_and_one_entry_per_member() {
     let sent = group_send(&mut owner, g, "once", "one body").await;
     let after = server.store.stats().unwrap();
     assert_eq!(after.bodies - before.bodies, 1);
-    assert_eq!(after.entries - before.entries, 6, "one entry per member, sender included");
+    assert_eq!(
+        after.entries - before.entries,
+        6,
+        "one entry per member, sender included"
+    );
     // The sender's own queue has it (their other devices see it) and the
     // answer carries both positions.
     assert!(sent.seq > 0 && sent.conv_seq == 2, "{sent:?}");
@@ -151,11 +212,14 @@ async fn a_thousand_member_group_delivers_exactly_once_in_order() {
         senders.push(token_login(&server, account).await);
     }
     // Interleave the senders' sends; each sender's own order must hold.
-    let sends = senders.iter_mut().enumerate().map(|(s, client)| async move {
-        for n in 0..PER_SENDER {
-            group_send(client, g, &format!("s{s}-{n}"), &format!("{s}:{n}")).await;
-        }
-    });
+    let sends = senders
+        .iter_mut()
+        .enumerate()
+        .map(|(s, client)| async move {
+            for n in 0..PER_SENDER {
+                group_send(client, g, &format!("s{s}-{n}"), &format!("{s}:{n}")).await;
+            }
+        });
     futures_util::future::join_all(sends).await;
 
     let checks = users.chunks(100).map(|chunk| {
@@ -187,7 +251,11 @@ fn check_exactly_once(who: &str, all: &[pb::Message], senders: usize, per_sender
     }
     assert_eq!(by_sender.len(), senders, "{who}: {by_sender:?}");
     for (sender, ns) in by_sender {
-        assert_eq!(ns, (0..per_sender).collect::<Vec<_>>(), "{who} from {sender}");
+        assert_eq!(
+            ns,
+            (0..per_sender).collect::<Vec<_>>(),
+            "{who} from {sender}"
+        );
     }
 }
 
@@ -236,7 +304,10 @@ async fn a_large_group_send_costs_the_same_whatever_the_size() {
             group_of(owner.request(add_body(g, &[late.id])).await, "add late");
         }
         if n == 20 {
-            group_of(owner.request(remove_body(g, leaver.id)).await, "remove leaver");
+            group_of(
+                owner.request(remove_body(g, leaver.id)).await,
+                "remove leaver",
+            );
         }
         group_send(&mut owner, g, &format!("m{n}"), &n.to_string()).await;
     }
@@ -244,14 +315,21 @@ async fn a_large_group_send_costs_the_same_whatever_the_size() {
     let texts = |from: u32, to: u32| (from..to).map(|n| n.to_string()).collect::<Vec<_>>();
     let mut late_client = token_login(&server, late).await;
     let inbox = pull_all(&mut late_client, 0).await;
-    assert_eq!(event_types(&inbox), [GroupEventType::Added], "personal event in the inbox");
+    assert_eq!(
+        event_types(&inbox),
+        [GroupEventType::Added],
+        "personal event in the inbox"
+    );
     let timeline = group_pull_all(&mut late_client, g, 0).await;
     assert_eq!(chat_texts(&timeline), texts(10, 30));
 
     let mut leaver_client = token_login(&server, leaver).await;
     let timeline = group_pull_all(&mut leaver_client, g, 0).await;
     assert_eq!(chat_texts(&timeline), texts(0, 20));
-    assert_eq!(event_types(&timeline).last(), Some(&GroupEventType::Removed));
+    assert_eq!(
+        event_types(&timeline).last(),
+        Some(&GroupEventType::Removed)
+    );
     let inbox = pull_all(&mut leaver_client, 0).await;
     assert_eq!(
         event_types(&inbox),
@@ -277,7 +355,10 @@ async fn a_large_group_send_costs_the_same_whatever_the_size() {
         })
     };
     expect_error(&outsider.request(pull(0)).await, ErrorCode::NotAMember);
-    expect_error(&watcher.request(pull(1_000_000)).await, ErrorCode::AckBeyondMaxSeq);
+    expect_error(
+        &watcher.request(pull(1_000_000)).await,
+        ErrorCode::AckBeyondMaxSeq,
+    );
     server.stop().await;
 }
 
@@ -292,7 +373,10 @@ async fn a_group_that_grows_past_the_threshold_moves_to_its_timeline() {
     group_send(&mut owner, g, "small", "in the queues").await;
     let grown = group_of(owner.request(add_body(g, &[users[3].id])).await, "grow");
     let info = grown.group.unwrap();
-    assert!(info.large && info.timeline_from_seq == grown.event_seq + 1, "{info:?}");
+    assert!(
+        info.large && info.timeline_from_seq == grown.event_seq + 1,
+        "{info:?}"
+    );
     group_send(&mut owner, g, "large", "in the timeline").await;
     let mut member = token_login(&server, &users[1]).await;
     let inbox = pull_all(&mut member, 0).await;
@@ -320,7 +404,10 @@ async fn malformed_group_requests_get_typed_errors() {
         })
     };
     expect_error(&a.request(create("")).await, ErrorCode::InvalidArgument);
-    expect_error(&a.request(create(&"n".repeat(65))).await, ErrorCode::InvalidArgument);
+    expect_error(
+        &a.request(create(&"n".repeat(65))).await,
+        ErrorCode::InvalidArgument,
+    );
     let too_many = Body::GroupCreate(pb::GroupCreateRequest {
         name: "full".into(),
         member_user_ids: users[1..].iter().map(|u| u.id).collect(),
@@ -328,16 +415,28 @@ async fn malformed_group_requests_get_typed_errors() {
     });
     expect_error(&a.request(too_many).await, ErrorCode::GroupFull);
     let g = create_group(&mut a, "ok", &[users[1].id]).await.group_id;
-    expect_error(&a.request(add_body(g, &[users[2].id, users[3].id])).await, ErrorCode::GroupFull);
-    expect_error(&a.request(add_body(0, &[users[2].id])).await, ErrorCode::InvalidArgument);
-    expect_error(&a.request(add_body(g, &[])).await, ErrorCode::InvalidArgument);
+    expect_error(
+        &a.request(add_body(g, &[users[2].id, users[3].id])).await,
+        ErrorCode::GroupFull,
+    );
+    expect_error(
+        &a.request(add_body(0, &[users[2].id])).await,
+        ErrorCode::InvalidArgument,
+    );
+    expect_error(
+        &a.request(add_body(g, &[])).await,
+        ErrorCode::InvalidArgument,
+    );
     let both = Body::GroupRemove(pb::GroupRemoveRequest {
         group_id: g,
         user_id: users[1].id,
         username: users[1].name.clone(),
     });
     expect_error(&a.request(both).await, ErrorCode::InvalidArgument);
-    expect_error(&a.request(remove_body(g, users[0].id)).await, ErrorCode::InvalidArgument);
+    expect_error(
+        &a.request(remove_body(g, users[0].id)).await,
+        ErrorCode::InvalidArgument,
+    );
     let bad_role = Body::GroupSetRole(pb::GroupSetRoleRequest {
         group_id: g,
         user_id: users[1].id,
@@ -405,7 +504,11 @@ async fn member_lists_page_in_user_id_order() {
         .iter()
         .enumerate()
         .map(|(i, u)| {
-            let role = if i == 0 { GroupRole::Owner } else { GroupRole::Member };
+            let role = if i == 0 {
+                GroupRole::Owner
+            } else {
+                GroupRole::Member
+            };
             (u.id, role as i32)
         })
         .collect();
@@ -428,6 +531,9 @@ async fn groups_survive_a_restart() {
     assert_eq!(chat_texts(&pull_all(&mut b, 0).await), ["kept"]);
     group_send(&mut b, g, "r2", "still a member").await;
     let mut c = token_login(&server, &users[2]).await;
-    assert_eq!(chat_texts(&pull_all(&mut c, 0).await), ["kept", "still a member"]);
+    assert_eq!(
+        chat_texts(&pull_all(&mut c, 0).await),
+        ["kept", "still a member"]
+    );
     server.stop().await;
 }

@@ -528,7 +528,10 @@ impl Config {
             ("limits.request_burst", limits.request_burst as usize),
             ("limits.sends_per_sec", limits.sends_per_sec as usize),
             ("limits.send_burst", limits.send_burst as usize),
-            ("limits.ephemeral_per_sec", limits.ephemeral_per_sec as usize),
+            (
+                "limits.ephemeral_per_sec",
+                limits.ephemeral_per_sec as usize,
+            ),
             ("limits.ephemeral_burst", limits.ephemeral_burst as usize),
             (
                 "limits.handshakes_per_address",

@@ -201,7 +201,10 @@ async fn write_loop(
             closing_now |= matches!(&envelope.body, Some(Body::Error(e)) if e.fatal);
             let flush = closing_now || (i + 1 == count && queue.is_empty());
             metrics.frame_out(&envelope);
-            if write(&mut sink, envelope, flush, write_timeout).await.is_err() {
+            if write(&mut sink, envelope, flush, write_timeout)
+                .await
+                .is_err()
+            {
                 failed = true;
                 break;
             }

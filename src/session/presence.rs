@@ -23,10 +23,16 @@ pub struct Presences {
 impl Presences {
     /// Subscribe `signal` to `user`'s changes (once, however often asked).
     pub fn watch(&self, user: UserId, signal: &Arc<SessionSignal>) {
-        let mut watchers = self.watchers.lock().expect("presence lock is never poisoned");
+        let mut watchers = self
+            .watchers
+            .lock()
+            .expect("presence lock is never poisoned");
         let list = watchers.entry(user).or_default();
         list.retain(|w| w.strong_count() > 0);
-        if !list.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(signal))) {
+        if !list
+            .iter()
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(signal)))
+        {
             list.push(Arc::downgrade(signal));
         }
     }
@@ -39,7 +45,10 @@ impl Presences {
             .expect("presence lock is never poisoned")
             .insert(user, now_ms);
         let live: Vec<Arc<SessionSignal>> = {
-            let mut watchers = self.watchers.lock().expect("presence lock is never poisoned");
+            let mut watchers = self
+                .watchers
+                .lock()
+                .expect("presence lock is never poisoned");
             let Some(list) = watchers.get_mut(&user) else {
                 return;
             };

@@ -118,7 +118,12 @@ pub fn group_send_body(group_id: u64, client_msg_id: &str, text: &str) -> Body {
     })
 }
 
-pub async fn group_send(client: &mut RawClient, group_id: u64, id: &str, text: &str) -> pb::SendResponse {
+pub async fn group_send(
+    client: &mut RawClient,
+    group_id: u64,
+    id: &str,
+    text: &str,
+) -> pb::SendResponse {
     match client.request(group_send_body(group_id, id, text)).await {
         Body::Sent(s) => s,
         other => panic!("group send {id}: {other:?}"),
@@ -142,7 +147,11 @@ pub async fn pull_all(client: &mut RawClient, mut after: u64) -> Vec<pb::Message
 }
 
 /// Every timeline entry of a large group above `after` the caller may read.
-pub async fn group_pull_all(client: &mut RawClient, group_id: u64, mut after: u64) -> Vec<pb::Message> {
+pub async fn group_pull_all(
+    client: &mut RawClient,
+    group_id: u64,
+    mut after: u64,
+) -> Vec<pb::Message> {
     let mut all = Vec::new();
     loop {
         let body = Body::GroupPull(pb::GroupPullRequest {

@@ -13,8 +13,8 @@ use crate::clock::now_ms;
 use crate::error::ServiceError;
 use crate::session::{Notifier, Push};
 use crate::store::{
-    ConversationKey, DeviceRecord, GroupChange, GroupId, GroupRecord, MemberRecord, MsgId,
-    Refusal, Role, Seq, StoreError, UserId, WriteOp, WriteOutcome,
+    ConversationKey, DeviceRecord, GroupChange, GroupId, GroupRecord, MemberRecord, MsgId, Refusal,
+    Role, Seq, StoreError, UserId, WriteOp, WriteOutcome,
 };
 
 /// Most users one presence request (and one connection) may watch.
@@ -186,7 +186,9 @@ impl Messaging {
         users: &[Recipient],
     ) -> Result<GroupChanged, ServiceError> {
         if users.is_empty() {
-            return Err(ServiceError::InvalidArgument("name at least one user".into()));
+            return Err(ServiceError::InvalidArgument(
+                "name at least one user".into(),
+            ));
         }
         let users = self.resolve_all(users)?;
         self.change_group(caller, group, GroupChange::Add(users))
@@ -531,7 +533,11 @@ impl Messaging {
 
     /// Revoke one of the caller's other devices: tokens deleted (durably),
     /// device record forgotten. The gateway kicks its live session.
-    pub async fn revoke_device(&self, caller: &Caller, device_id: &str) -> Result<(), ServiceError> {
+    pub async fn revoke_device(
+        &self,
+        caller: &Caller,
+        device_id: &str,
+    ) -> Result<(), ServiceError> {
         if device_id == caller.device_id {
             return Err(ServiceError::InvalidArgument(
                 "this is the calling device: log out instead".into(),
@@ -635,7 +641,10 @@ impl Messaging {
                         return Ok(true);
                     }
                     for group in &groups {
-                        if store.member(*group, user)?.is_some_and(|m| m.role.is_some()) {
+                        if store
+                            .member(*group, user)?
+                            .is_some_and(|m| m.role.is_some())
+                        {
                             return Ok(true);
                         }
                     }

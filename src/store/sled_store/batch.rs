@@ -171,7 +171,19 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
     // sled may run the closure again on a conflict, so all batch state is
     // made inside it.
     finish_tx(trees.transaction(
-        |(meta, devices, queue, maxseq, bodies, dedupe, groups, members, joined, timeline, convs)| {
+        |(
+            meta,
+            devices,
+            queue,
+            maxseq,
+            bodies,
+            dedupe,
+            groups,
+            members,
+            joined,
+            timeline,
+            convs,
+        )| {
             let mut batch = Batch {
                 meta,
                 devices,

@@ -6,8 +6,8 @@ use std::ops::Bound;
 
 use super::{from_sled, SledStore, Trees};
 use crate::store::records::{
-    decode, pair_key, split_pair, u64_key, BodyValue, ConvValue, EventValue,
-    GroupValue, MemberValue,
+    decode, pair_key, split_pair, u64_key, BodyValue, ConvValue, EventValue, GroupValue,
+    MemberValue,
 };
 use crate::store::{
     Conversation, EntryKind, GroupEventKind, GroupEventRecord, GroupId, GroupRecord, MemberRecord,
@@ -20,7 +20,11 @@ pub(super) const KIND_GROUP_EVENT: u32 = 2;
 pub(super) const KIND_RECALL: u32 = 3;
 
 /// A body read back as a stored message at `seq`.
-pub(super) fn stored(seq: Seq, msg_id: MsgId, body: BodyValue) -> Result<StoredMessage, StoreError> {
+pub(super) fn stored(
+    seq: Seq,
+    msg_id: MsgId,
+    body: BodyValue,
+) -> Result<StoredMessage, StoreError> {
     let kind = match body.kind {
         KIND_CHAT | 1 => EntryKind::Chat,
         KIND_GROUP_EVENT => {

@@ -53,10 +53,10 @@ pub(super) fn scan_groups(
     let mut wanted = BTreeSet::new();
     for op in ops {
         match op {
-            WriteOp::Send { message, .. } if message.group != 0 => {
-                if is_small(trees, message.group)? {
-                    wanted.insert(message.group);
-                }
+            WriteOp::Send { message, .. }
+                if message.group != 0 && is_small(trees, message.group)? =>
+            {
+                wanted.insert(message.group);
             }
             WriteOp::ChangeGroup { group, .. } => {
                 wanted.insert(*group);
@@ -107,7 +107,12 @@ fn event_body(group: GroupId, event: &GroupEventRecord) -> BodyValue {
     }
 }
 
-fn event(kind: GroupEventKind, actor: UserId, targets: Vec<UserId>, name: &str) -> GroupEventRecord {
+fn event(
+    kind: GroupEventKind,
+    actor: UserId,
+    targets: Vec<UserId>,
+    name: &str,
+) -> GroupEventRecord {
     GroupEventRecord {
         kind,
         actor,
@@ -263,10 +268,7 @@ impl Batch<'_> {
         let Some(mut group) = self.group_value(m.group)?.filter(|g| !g.dissolved) else {
             return refused(Refusal::UnknownGroup);
         };
-        let Some(mut member) = self
-            .member_value(m.group, m.from)?
-            .filter(|v| v.role != 0)
-        else {
+        let Some(mut member) = self.member_value(m.group, m.from)?.filter(|v| v.role != 0) else {
             return refused(Refusal::NotMember(format!(
                 "you are not a member of group {}",
                 m.group
@@ -416,9 +418,7 @@ impl Batch<'_> {
                 let allowed = actor_role == Role::Owner
                     || (actor_role == Role::Admin && target_role == Role::Member);
                 if !allowed {
-                    return denied(
-                        "the owner removes anyone; an admin removes plain members only",
-                    );
+                    return denied("the owner removes anyone; an admin removes plain members only");
                 }
                 let removed = event(GroupEventKind::Removed, actor, vec![*target], &group.name);
                 self.remove_member(group_id, &mut group, *target, &removed, msg_id)
@@ -474,8 +474,13 @@ impl Batch<'_> {
                     &group.name,
                 );
                 roled.role = Some(*role);
-                let appended =
-                    self.append(group_id, &mut group, event_body(group_id, &roled), msg_id, &[])?;
+                let appended = self.append(
+                    group_id,
+                    &mut group,
+                    event_body(group_id, &roled),
+                    msg_id,
+                    &[],
+                )?;
                 self.put_group(group_id, &group)?;
                 Ok(changed(group_id, appended))
             }
@@ -568,8 +573,13 @@ impl Batch<'_> {
             Vec::new()
         };
         let dissolved = event(GroupEventKind::Dissolved, actor, Vec::new(), &group.name);
-        let appended =
-            self.append(group_id, group, event_body(group_id, &dissolved), msg_id, &also)?;
+        let appended = self.append(
+            group_id,
+            group,
+            event_body(group_id, &dissolved),
+            msg_id,
+            &also,
+        )?;
         for &user in &everyone {
             if let Some(mut member) = self.member_value(group_id, user)? {
                 member.role = 0;
@@ -634,9 +644,7 @@ impl Batch<'_> {
                 let Some(group) = self.group_value(group_id)? else {
                     return refused(Refusal::UnknownGroup);
                 };
-                let Some(mut member) = self
-                    .member_value(group_id, user)?
-                    .filter(|m| m.role != 0)
+                let Some(mut member) = self.member_value(group_id, user)?.filter(|m| m.role != 0)
                 else {
                     return refused(Refusal::NotMember(format!(
                         "you are not a member of group {group_id}"
@@ -699,8 +707,7 @@ impl Batch<'_> {
                     }
                     Some(role) if caller != body.from && !role.is_manager() => {
                         return refused(Refusal::PermissionDenied(
-                            "only the sender, the owner or an admin recalls a group message"
-                                .into(),
+                            "only the sender, the owner or an admin recalls a group message".into(),
                         ))
                     }
                     Some(_) => {}
