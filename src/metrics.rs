@@ -146,7 +146,32 @@ const FLUSH_BOUNDS: &[f64] = &[
 ];
 
 /// The request kinds counted (the protocol's client requests).
-const REQUEST_KINDS: [&str; 7] = ["register", "login", "logout", "ping", "send", "pull", "ack"];
+const REQUEST_KINDS: [&str; 24] = [
+    "register",
+    "login",
+    "logout",
+    "ping",
+    "send",
+    "pull",
+    "ack",
+    "group_create",
+    "group_add",
+    "group_remove",
+    "group_leave",
+    "group_dissolve",
+    "group_list",
+    "group_members",
+    "group_set_role",
+    "group_pull",
+    "conversations",
+    "read",
+    "read_count",
+    "recall",
+    "devices",
+    "revoke_device",
+    "typing",
+    "presence",
+];
 /// Error codes above this share the last slot, labelled "other".
 const ERROR_SLOTS: usize = 32;
 
