@@ -19,6 +19,7 @@ pub mod error;
 pub mod gateway;
 pub mod lifecycle;
 pub mod metrics;
+pub mod push;
 pub mod service;
 pub mod session;
 pub mod store;
