@@ -137,6 +137,7 @@ fn send_op(ids: &Ids, from: u64, to: u64) -> WriteOp {
             content: Bytes::from(vec![b'x'; PAYLOAD]),
         },
         dedupe_since_ms: 0,
+        push: Default::default(),
     }
 }
 

@@ -106,6 +106,7 @@ impl Server {
             notifier,
             config.messaging.max_batch,
             metrics.clone(),
+            None,
         )
         .map_err(|source| ServerError::Store {
             dir: config.data_dir.display().to_string(),
@@ -121,6 +122,7 @@ impl Server {
             recall_window: m.recall_window,
             large_group_threshold: m.large_group_threshold,
             max_group_members: m.max_group_members,
+            push_preview: false,
         };
         let messaging = Arc::new(Messaging::new(store.clone(), committer, rules));
         let a = &config.accounts;

@@ -146,7 +146,7 @@ const FLUSH_BOUNDS: &[f64] = &[
 ];
 
 /// The request kinds counted (the protocol's client requests).
-const REQUEST_KINDS: [&str; 24] = [
+const REQUEST_KINDS: [&str; 26] = [
     "register",
     "login",
     "logout",
@@ -171,6 +171,8 @@ const REQUEST_KINDS: [&str; 24] = [
     "revoke_device",
     "typing",
     "presence",
+    "push_token",
+    "app_state",
 ];
 /// Error codes above this share the last slot, labelled "other".
 const ERROR_SLOTS: usize = 32;

@@ -285,6 +285,7 @@ fn send(n: u64) -> WriteOp {
             content: vec![b'x'; 2000].into(),
         },
         dedupe_since_ms: 0,
+        push: Default::default(),
     }
 }
 

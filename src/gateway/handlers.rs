@@ -601,5 +601,7 @@ fn is_social_request(body: &Body) -> bool {
             | Body::RevokeDevice(_)
             | Body::Typing(_)
             | Body::Presence(_)
+            | Body::PushToken(_)
+            | Body::AppState(_)
     )
 }

@@ -87,6 +87,7 @@ impl Committer {
         notifier: Arc<dyn Notifier>,
         max_batch: usize,
         metrics: Arc<Metrics>,
+        push: Option<PushSettings>,
     ) -> Result<(Committer, CommitterThread), StoreError> {
         let floor = store.msg_id_floor()?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -97,6 +98,8 @@ impl Committer {
             max_batch,
             ids: MsgIdGenerator::new(floor),
             group_members: HashMap::new(),
+            push_devices: HashMap::new(),
+            push,
             stats: stats.clone(),
             metrics,
         };
@@ -197,13 +200,35 @@ impl Batch {
     }
 }
 
-/// Large groups whose member lists the writer keeps for notifies.
+/// Groups whose member lists the writer keeps for notifies and pushes.
 const GROUP_CACHE_CAP: usize = 1024;
+/// Users whose push-registered devices the writer keeps.
+const PUSH_CACHE_CAP: usize = 100_000;
+
+/// Offline pushes: on when a provider is configured.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    /// A device pushed less than this long ago waits out the rest.
+    pub coalesce: std::time::Duration,
+    /// Woken after a batch wrote push jobs.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+/// A group as the writer caches it.
+#[derive(Clone)]
+struct CachedGroup {
+    large: bool,
+    members: Arc<[UserId]>,
+}
 
 struct Writer {
     store: Arc<dyn Store>,
     notifier: Arc<dyn Notifier>,
-    group_members: HashMap<GroupId, Arc<[UserId]>>,
+    group_members: HashMap<GroupId, CachedGroup>,
+    /// Devices with a push token, per user; every change of a token goes
+    /// through this thread, which drops the entry before applying it.
+    push_devices: HashMap<UserId, Arc<[String]>>,
+    push: Option<PushSettings>,
     max_batch: usize,
     ids: MsgIdGenerator,
     stats: Arc<CommitStats>,
@@ -253,6 +278,12 @@ impl Writer {
         let now_ms = crate::clock::now_ms();
         let mut sends = 0u64;
         let mut durable = false;
+        let mut pushes = false;
+        for i in 0..batch.ops.len() {
+            self.plan_push(&mut batch.ops[i]);
+            let op = &batch.ops[i];
+            pushes |= matches!(op, WriteOp::Send { push, .. } if !push.targets.is_empty());
+        }
         for op in batch.ops.iter_mut() {
             let ids = op.msg_ids_needed();
             if ids > 0 {
@@ -285,6 +316,9 @@ impl Writer {
         self.stats.ops.fetch_add(ops, Ordering::Relaxed);
         match result {
             Ok(outcomes) => {
+                if let (true, Some(push)) = (pushes, &self.push) {
+                    push.wake.notify_one();
+                }
                 for ((op, reply), outcome) in batch.drain().zip(outcomes) {
                     self.notify(&op, &outcome);
                     // A submitter that went away (connection closed) still had
@@ -349,23 +383,90 @@ impl Writer {
         }
     }
 
-    /// A large group's current members, cached on this thread: every
-    /// change of a group goes through here, so the cache is never stale.
+    /// A group's current members, cached on this thread: every change of
+    /// a group goes through here, so the cache is never stale.
     fn members_of(&mut self, group: GroupId) -> Result<Arc<[UserId]>, StoreError> {
-        if let Some(members) = self.group_members.get(&group) {
-            return Ok(members.clone());
+        Ok(self.cached_group(group)?.members)
+    }
+
+    fn cached_group(&mut self, group: GroupId) -> Result<CachedGroup, StoreError> {
+        if let Some(cached) = self.group_members.get(&group) {
+            return Ok(cached.clone());
         }
         if self.group_members.len() >= GROUP_CACHE_CAP {
             self.group_members.clear();
         }
+        let large = self.store.group(group)?.is_some_and(|g| g.large);
         let members: Arc<[UserId]> = self
             .store
             .members(group)?
             .into_iter()
             .map(|m| m.user)
             .collect();
-        self.group_members.insert(group, members.clone());
-        Ok(members)
+        let cached = CachedGroup { large, members };
+        self.group_members.insert(group, cached.clone());
+        Ok(cached)
+    }
+
+    /// Decide which devices a send writes push jobs for: the recipients'
+    /// devices with a push token and no foreground session. Large groups
+    /// push nobody (a send there must not cost a write per member); their
+    /// online members get GroupNotify. Ops that change push tokens drop the
+    /// user's cached devices first.
+    fn plan_push(&mut self, op: &mut WriteOp) {
+        let Some(settings) = &self.push else {
+            return;
+        };
+        let coalesce_ms = settings.coalesce.as_millis() as u64;
+        match op {
+            WriteOp::SetPushToken { user, .. }
+            | WriteOp::PushTokenRejected { user, .. }
+            | WriteOp::ForgetDevice { user, .. } => {
+                self.push_devices.remove(user);
+            }
+            WriteOp::Send { message, push, .. } => {
+                let recipients: Vec<UserId> = if message.group == 0 {
+                    vec![message.to]
+                } else {
+                    match self.cached_group(message.group) {
+                        Ok(g) if !g.large => g.members.to_vec(),
+                        Ok(_) => Vec::new(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read a group's members for pushes");
+                            Vec::new()
+                        }
+                    }
+                };
+                push.coalesce_ms = coalesce_ms;
+                for user in recipients.into_iter().filter(|u| *u != message.from) {
+                    let devices = match self.devices_with_tokens(user) {
+                        Ok(devices) => devices,
+                        Err(e) => {
+                            tracing::warn!(error = %e, user, "cannot read push tokens");
+                            continue;
+                        }
+                    };
+                    for device in devices.iter() {
+                        if self.notifier.wants_push(user, device) {
+                            push.targets.push((user, device.clone()));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn devices_with_tokens(&mut self, user: UserId) -> Result<Arc<[String]>, StoreError> {
+        if let Some(devices) = self.push_devices.get(&user) {
+            return Ok(devices.clone());
+        }
+        if self.push_devices.len() >= PUSH_CACHE_CAP {
+            self.push_devices.clear();
+        }
+        let devices: Arc<[String]> = self.store.push_devices(user)?.into();
+        self.push_devices.insert(user, devices.clone());
+        Ok(devices)
     }
 }
 

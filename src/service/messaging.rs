@@ -16,14 +16,16 @@ use tokio::sync::oneshot;
 use crate::clock::now_ms;
 use crate::error::ServiceError;
 use crate::store::{
-    msg_id_time_ms, GroupId, MsgId, NewMessage, Seq, Store, StoreError, StoredMessage, UserId,
-    WriteOp, WriteOutcome,
+    msg_id_time_ms, GroupId, MsgId, NewMessage, PushPlan, Seq, Store, StoreError, StoredMessage,
+    UserId, WriteOp, WriteOutcome,
 };
 
 use super::committer::{Committer, OpResult};
 
 /// Most entries one Collect op deletes; the sweep comes back for the rest.
 const COLLECT_LIMIT: usize = 10_000;
+/// Characters of a push preview (when previews are on).
+const PREVIEW_CHARS: usize = 100;
 /// Usernames kept in the id → name cache before it is cleared.
 const NAME_CACHE_CAP: usize = 100_000;
 
@@ -109,6 +111,8 @@ pub struct MessagingRules {
     pub large_group_threshold: u32,
     /// No group grows above this.
     pub max_group_members: u32,
+    /// Offline pushes carry a content preview (off by default: privacy).
+    pub push_preview: bool,
 }
 
 /// The message path over the store and the committer.
@@ -198,6 +202,10 @@ impl Messaging {
         let rx = self
             .committer
             .submit(WriteOp::Send {
+                push: PushPlan {
+                    preview: self.preview(&message),
+                    ..PushPlan::default()
+                },
                 message,
                 dedupe_since_ms,
             })
@@ -278,6 +286,16 @@ impl Messaging {
                 .saturating_add(1),
             limit: COLLECT_LIMIT,
         }
+    }
+
+    /// The push preview of a message: only when the operator turned
+    /// previews on, and only for UTF-8 text, cut to a phone's line.
+    fn preview(&self, message: &NewMessage) -> Option<String> {
+        if !self.rules.push_preview || !message.content_type.starts_with("text/") {
+            return None;
+        }
+        let text = std::str::from_utf8(&message.content).ok()?;
+        Some(text.chars().take(PREVIEW_CHARS).collect())
     }
 
     /// Stored entries with the usernames a client shows.

@@ -7,9 +7,10 @@ pub mod collector;
 pub mod committer;
 pub mod hash_pool;
 pub mod messaging;
+pub mod outbox;
 
 pub use accounts::{Accounts, Authenticated, Credential};
-pub use committer::{CommitStats, Committer, CommitterThread};
+pub use committer::{CommitStats, Committer, CommitterThread, PushSettings};
 pub use messaging::{
     Caller, Delivered, Messaging, MessagingRules, Outgoing, PulledPage, Receipt, Recipient,
 };

@@ -30,6 +30,11 @@ pub trait Notifier: Send + Sync + 'static {
     /// An ephemeral event for every online device of `user` (dropped for
     /// offline users and, oldest first, for devices that do not read).
     fn push(&self, user: UserId, event: Push);
+
+    /// Whether a message for this device should also go out as an offline
+    /// push: it has no live session, or its app said it is in the
+    /// background.
+    fn wants_push(&self, user: UserId, device_id: &str) -> bool;
 }
 
 /// An ephemeral server push, never stored.
@@ -79,6 +84,8 @@ pub struct SessionSignal {
     groups: Mutex<HashMap<GroupId, Seq>>,
     /// Ephemeral events not yet sent, oldest first, capped.
     events: Mutex<VecDeque<Push>>,
+    /// The app said it is in the background: offline pushes go out too.
+    background: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
 }
 
@@ -138,6 +145,16 @@ impl SessionSignal {
         events.push_back(event);
         drop(events);
         self.wake.notify_one();
+    }
+
+    /// Record the app's state (AppStateRequest).
+    pub fn set_background(&self, background: bool) {
+        self.background.store(background, Ordering::Release);
+    }
+
+    /// Whether the app said it is in the background.
+    pub fn is_background(&self) -> bool {
+        self.background.load(Ordering::Acquire)
     }
 
     /// Take the pending group notifies (group, max_seq).
@@ -398,6 +415,15 @@ impl Notifier for SessionRegistry {
         for entry in users.get(&user).into_iter().flatten() {
             entry.signal.push(event.clone());
         }
+    }
+
+    fn wants_push(&self, user: UserId, device_id: &str) -> bool {
+        let users = self.users.lock().expect("registry lock is never poisoned");
+        !users
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .any(|e| *e.device_id == *device_id && !e.signal.is_background())
     }
 }
 

@@ -101,6 +101,7 @@ pub fn send_keyed(from: UserId, to: UserId, id: MsgId, client_id: &str, since: u
             content: Bytes::from(format!("body {id}")),
         },
         dedupe_since_ms: since,
+        push: Default::default(),
     }
 }
 

@@ -257,3 +257,60 @@ pub struct TimelinePage {
     /// True if entries above the last one (up to the bound) exist.
     pub has_more: bool,
 }
+
+/// A device's push registration. `provider` is the wire's PushProvider
+/// number (1 APNs, 2 FCM, 3 webhook).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PushTokenRecord {
+    /// 1 APNs, 2 FCM, 3 webhook.
+    pub provider: u32,
+    /// The provider's device token (empty for the webhook).
+    pub token: String,
+    /// APNs topic (bundle id).
+    pub topic: String,
+    /// APNs sandbox environment.
+    pub sandbox: bool,
+    /// When the last push to this device was accepted (ms), for coalescing.
+    pub last_pushed_ms: u64,
+}
+
+/// One pending push for one device: at most one per device, overwritten
+/// by newer messages (coalescing) with a new `generation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushJobRecord {
+    /// The user.
+    pub user: UserId,
+    /// The device.
+    pub device_id: String,
+    /// Where to deliver (as registered when the job was last written).
+    pub token: PushTokenRecord,
+    /// The device's unread count (entries it has not acknowledged).
+    pub badge: u64,
+    /// The conversation of the latest message: the 1:1 peer...
+    pub peer: UserId,
+    /// ...or the group.
+    pub group: GroupId,
+    /// The user's queue top at the latest message.
+    pub max_seq: Seq,
+    /// Content preview (only when the server option is on).
+    pub preview: Option<String>,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Not to be tried before this (ms).
+    pub not_before_ms: u64,
+    /// Changes on every rewrite: a delivery result applies only to the
+    /// generation it delivered.
+    pub generation: u64,
+}
+
+/// Which devices a send writes push jobs for (decided by the committer
+/// from who is offline or in the background), and how.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PushPlan {
+    /// (user, device) pairs with a push token and no foreground session.
+    pub targets: Vec<(UserId, String)>,
+    /// A device pushed less than this long ago waits out the rest.
+    pub coalesce_ms: u64,
+    /// The preview to carry (only when the server option is on).
+    pub preview: Option<String>,
+}

@@ -20,7 +20,8 @@ pub mod sled_store;
 
 pub use groups::{
     Conversation, ConversationKey, EntryKind, GroupChange, GroupEventKind, GroupEventRecord,
-    GroupId, GroupRecord, MemberRecord, Refusal, Role, TimelinePage,
+    GroupId, GroupRecord, MemberRecord, PushJobRecord, PushPlan, PushTokenRecord, Refusal, Role,
+    TimelinePage,
 };
 
 use std::path::Path;
@@ -165,6 +166,8 @@ pub enum WriteOp {
         message: NewMessage,
         /// Dedupe records older than this (ms) are ignored and replaced.
         dedupe_since_ms: u64,
+        /// Push jobs to write with the message (filled by the committer).
+        push: PushPlan,
     },
     /// A device logged in: create its record (cursor 0, so it can sync the
     /// retained history) or update its platform and last_active.
@@ -271,6 +274,51 @@ pub enum WriteOp {
         /// Which device.
         device_id: String,
     },
+    /// Register (`Some`) or remove (`None`, with any pending job) a
+    /// device's push token.
+    SetPushToken {
+        /// Whose device.
+        user: UserId,
+        /// Which device.
+        device_id: String,
+        /// The registration.
+        token: Option<PushTokenRecord>,
+    },
+    /// A push job was delivered (or is moot): delete it if still of
+    /// `generation`, and remember when the device was last pushed.
+    PushDone {
+        /// Whose device.
+        user: UserId,
+        /// Which device.
+        device_id: String,
+        /// The job's generation when it was taken.
+        generation: u64,
+        /// Now, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Try a push job again later (if still of `generation`).
+    PushRetry {
+        /// Whose device.
+        user: UserId,
+        /// Which device.
+        device_id: String,
+        /// The job's generation when it was taken.
+        generation: u64,
+        /// When to try again, ms since the epoch.
+        not_before_ms: u64,
+        /// Attempts made so far.
+        attempts: u32,
+    },
+    /// The provider refused the token for good: delete the token (if it is
+    /// still `token`) and the device's job.
+    PushTokenRejected {
+        /// Whose device.
+        user: UserId,
+        /// Which device.
+        device_id: String,
+        /// The token the provider refused.
+        token: String,
+    },
     /// Garbage-collect the user's queue: delete entries at or below the
     /// lowest `acked_seq` of the devices active since `active_since_ms`
     /// (no active device: nothing is deleted) whose message is older than
@@ -318,6 +366,7 @@ impl WriteOp {
                 | WriteOp::Ack { .. }
                 | WriteOp::Collect { .. }
                 | WriteOp::TimelineAck { .. }
+                | WriteOp::PushRetry { .. }
         )
     }
 }
@@ -395,6 +444,8 @@ pub enum WriteOutcome {
     },
     /// A device record was deleted (`false`: there was none).
     DeviceForgotten(bool),
+    /// A push token or job changed (`false`: nothing matched).
+    PushUpdated(bool),
     /// What a Collect op removed.
     Collected {
         /// Queue entries deleted.
@@ -549,6 +600,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user's 1:1 conversations (any order).
     fn conversations(&self, user: UserId) -> Result<Vec<Conversation>, StoreError>;
+
+    /// The devices of `user` with a push token, by device id.
+    fn push_devices(&self, user: UserId) -> Result<Vec<String>, StoreError>;
+
+    /// Pending push jobs due at `now_ms`, earliest first, at most `limit`;
+    /// and the earliest `not_before_ms` of the jobs not yet due.
+    fn due_push_jobs(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<PushJobRecord>, Option<u64>), StoreError>;
 
     /// A message body by id, as a stored message with seq 0.
     fn message(&self, msg_id: MsgId) -> Result<Option<StoredMessage>, StoreError>;

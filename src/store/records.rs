@@ -327,6 +327,58 @@ pub(crate) struct MemberValue {
     pub last_active_ms: u64,
 }
 
+/// Value of `userdevice_push` (user ++ device id is the key).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct PushTokenValue {
+    /// The wire's PushProvider number.
+    #[prost(uint32, tag = "1")]
+    pub provider: u32,
+    /// The provider's token.
+    #[prost(string, tag = "2")]
+    pub token: String,
+    /// APNs topic.
+    #[prost(string, tag = "3")]
+    pub topic: String,
+    /// APNs sandbox.
+    #[prost(bool, tag = "4")]
+    pub sandbox: bool,
+    /// Last accepted push, ms.
+    #[prost(uint64, tag = "5")]
+    pub last_pushed_ms: u64,
+}
+
+/// Value of `userdevice_pushjob` (user ++ device id is the key).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct PushJobValue {
+    /// The registration the job goes to.
+    #[prost(message, optional, tag = "1")]
+    pub token: Option<PushTokenValue>,
+    /// Unread count.
+    #[prost(uint64, tag = "2")]
+    pub badge: u64,
+    /// 1:1 peer of the latest message.
+    #[prost(uint64, tag = "3")]
+    pub peer: u64,
+    /// Group of the latest message.
+    #[prost(uint64, tag = "4")]
+    pub group: u64,
+    /// Queue top.
+    #[prost(uint64, tag = "5")]
+    pub max_seq: u64,
+    /// Preview, when enabled.
+    #[prost(string, optional, tag = "6")]
+    pub preview: Option<String>,
+    /// Attempts so far.
+    #[prost(uint32, tag = "7")]
+    pub attempts: u32,
+    /// Not before, ms.
+    #[prost(uint64, tag = "8")]
+    pub not_before_ms: u64,
+    /// Generation.
+    #[prost(uint64, tag = "9")]
+    pub generation: u64,
+}
+
 /// Value of `userpeer_conv` (user ++ peer is the key).
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct ConvValue {

@@ -24,6 +24,8 @@
 //! | `usergroup_joined` | user (8 BE) ++ group (8 BE) | empty (current memberships) |
 //! | `groupseq_msgid` | group (8 BE) ++ seq (8 BE) | msg id (8 BE): a large group's timeline |
 //! | `userpeer_conv` | user (8 BE) ++ peer (8 BE) | `ConvValue` (1:1 conversation) |
+//! | `userdevice_push` | user (8 BE) ++ device id | `PushTokenValue` |
+//! | `userdevice_pushjob` | user (8 BE) ++ device id | `PushJobValue` (the outbox, one per device) |
 //!
 //! Every write takes the store's write gate shared; [`Store::backup`] takes
 //! it exclusively, so a backup sees no write land while it copies.
@@ -53,8 +55,8 @@ use super::records::{
 };
 use super::{
     msg_id_time_ms, BackupReport, Conversation, DeviceRecord, Durability, GroupId, GroupRecord,
-    MemberRecord, MsgId, Page, Seq, Store, StoreError, StoreStats, StoredMessage, TimelinePage,
-    TokenRecord, UserId, UserRecord, WriteOp, WriteOutcome,
+    MemberRecord, MsgId, Page, PushJobRecord, Seq, Store, StoreError, StoreStats, StoredMessage,
+    TimelinePage, TokenRecord, UserId, UserRecord, WriteOp, WriteOutcome,
 };
 use files::SyncFiles;
 use manifest::{Committed, Manifest};
@@ -117,6 +119,8 @@ struct Trees {
     usergroup_joined: Tree,
     groupseq_msgid: Tree,
     userpeer_conv: Tree,
+    userdevice_push: Tree,
+    userdevice_pushjob: Tree,
 }
 
 impl Trees {
@@ -138,6 +142,8 @@ impl Trees {
             usergroup_joined: tree("usergroup_joined")?,
             groupseq_msgid: tree("groupseq_msgid")?,
             userpeer_conv: tree("userpeer_conv")?,
+            userdevice_push: tree("userdevice_push")?,
+            userdevice_pushjob: tree("userdevice_pushjob")?,
         })
     }
 }
@@ -595,6 +601,18 @@ impl Store for SledStore {
 
     fn conversations(&self, user: UserId) -> Result<Vec<Conversation>, StoreError> {
         social::conversations(&self.trees, user)
+    }
+
+    fn push_devices(&self, user: UserId) -> Result<Vec<String>, StoreError> {
+        social::push_devices(&self.trees, user)
+    }
+
+    fn due_push_jobs(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<PushJobRecord>, Option<u64>), StoreError> {
+        social::due_push_jobs(&self.trees, now_ms, limit)
     }
 
     fn message(&self, msg_id: MsgId) -> Result<Option<StoredMessage>, StoreError> {

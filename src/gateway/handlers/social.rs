@@ -16,7 +16,7 @@ use crate::service::messaging::social::{
 };
 use crate::service::Recipient;
 use crate::session::Kick;
-use crate::store::{ConversationKey, GroupChange, GroupId};
+use crate::store::{ConversationKey, GroupChange, GroupId, PushTokenRecord};
 
 impl Session {
     /// Queue the answer of a request whose service call may wait.
@@ -260,6 +260,37 @@ impl Session {
                     return flow;
                 }
                 self.presence(id, r.user_ids).await
+            }
+            Body::PushToken(r) => {
+                let token = if r.remove {
+                    None
+                } else {
+                    let provider = match pb::PushProvider::try_from(r.provider) {
+                        Ok(p) if p != pb::PushProvider::Unspecified => p as u32,
+                        _ => {
+                            return self
+                                .invalid(id, "provider must be APNS, FCM or WEBHOOK")
+                                .await
+                        }
+                    };
+                    Some(PushTokenRecord {
+                        provider,
+                        token: r.token,
+                        topic: r.topic,
+                        sandbox: r.sandbox,
+                        last_pushed_ms: 0,
+                    })
+                };
+                self.pending(id, async move {
+                    messaging.set_push_token(&caller, token).await?;
+                    Ok(Body::PushTokenSet(pb::PushTokenResponse {}))
+                })
+                .await
+            }
+            Body::AppState(r) => {
+                self.signal.set_background(r.background);
+                let answer = Body::AppStateSet(pb::AppStateResponse {});
+                self.answer(id, Ok(answer), false).await
             }
             other => {
                 let message = format!("{} is sent by the server, not by clients", other.name());

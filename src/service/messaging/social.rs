@@ -13,8 +13,8 @@ use crate::clock::now_ms;
 use crate::error::ServiceError;
 use crate::session::{Notifier, Push};
 use crate::store::{
-    ConversationKey, DeviceRecord, GroupChange, GroupId, GroupRecord, MemberRecord, MsgId, Refusal,
-    Role, Seq, StoreError, UserId, WriteOp, WriteOutcome,
+    ConversationKey, DeviceRecord, GroupChange, GroupId, GroupRecord, MemberRecord, MsgId,
+    PushTokenRecord, Refusal, Role, Seq, StoreError, UserId, WriteOp, WriteOutcome,
 };
 
 /// Most users one presence request (and one connection) may watch.
@@ -653,6 +653,40 @@ impl Messaging {
                 .collect()
         })
         .await
+    }
+
+    /// Register (`Some`) or remove (`None`) the caller's push token.
+    pub async fn set_push_token(
+        &self,
+        caller: &Caller,
+        token: Option<PushTokenRecord>,
+    ) -> Result<(), ServiceError> {
+        if let Some(t) = &token {
+            let needs_token = t.provider != crate::service::outbox::PROVIDER_WEBHOOK;
+            if needs_token && !(1..=4096).contains(&t.token.len()) {
+                return Err(ServiceError::InvalidArgument(
+                    "an APNs or FCM token is 1 to 4096 bytes".into(),
+                ));
+            }
+            if !needs_token && !t.token.is_empty() {
+                return Err(ServiceError::InvalidArgument(
+                    "a webhook registration carries no token".into(),
+                ));
+            }
+            if t.topic.len() > 255 {
+                return Err(ServiceError::InvalidArgument(
+                    "topic is at most 255 bytes".into(),
+                ));
+            }
+        }
+        self.committer
+            .write(WriteOp::SetPushToken {
+                user: caller.user,
+                device_id: caller.device_id.clone(),
+                token,
+            })
+            .await?;
+        Ok(())
     }
 
     /// The latest activity of any of `user`'s devices (for last seen after

@@ -8,6 +8,7 @@
 //!
 //! [`Store::apply`]: crate::store::Store::apply
 
+mod push;
 mod social;
 
 use std::collections::{BTreeSet, HashMap};
@@ -167,6 +168,8 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
         &trees.usergroup_joined,
         &trees.groupseq_msgid,
         &trees.userpeer_conv,
+        &trees.userdevice_push,
+        &trees.userdevice_pushjob,
     );
     // sled may run the closure again on a conflict, so all batch state is
     // made inside it.
@@ -183,6 +186,8 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
             joined,
             timeline,
             convs,
+            push_tokens,
+            push_jobs,
         )| {
             let mut batch = Batch {
                 meta,
@@ -196,6 +201,8 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
                 joined,
                 timeline,
                 convs,
+                push_tokens,
+                push_jobs,
                 scans: &scans,
                 group_scans: &group_scans,
                 member_sets: HashMap::new(),
@@ -230,6 +237,8 @@ struct Batch<'a> {
     joined: &'a TransactionalTree,
     timeline: &'a TransactionalTree,
     convs: &'a TransactionalTree,
+    push_tokens: &'a TransactionalTree,
+    push_jobs: &'a TransactionalTree,
     scans: &'a HashMap<UserId, CollectScan>,
     /// Current members of the groups the batch fans out to, as scanned
     /// before the transaction (see `social::scan_groups`).
@@ -254,7 +263,42 @@ impl Batch<'_> {
             WriteOp::Send {
                 message,
                 dedupe_since_ms,
-            } => self.send(message, *dedupe_since_ms),
+                push,
+            } => {
+                let outcome = self.send(message, *dedupe_since_ms)?;
+                if let WriteOutcome::Sent {
+                    duplicate: false,
+                    queued,
+                    ..
+                } = &outcome
+                {
+                    self.write_push_jobs(message, push, queued)?;
+                }
+                Ok(outcome)
+            }
+            WriteOp::SetPushToken {
+                user,
+                device_id,
+                token,
+            } => self.set_push_token(*user, device_id, token.as_ref()),
+            WriteOp::PushDone {
+                user,
+                device_id,
+                generation,
+                now_ms,
+            } => self.push_done(*user, device_id, *generation, *now_ms),
+            WriteOp::PushRetry {
+                user,
+                device_id,
+                generation,
+                not_before_ms,
+                attempts,
+            } => self.push_retry(*user, device_id, *generation, *not_before_ms, *attempts),
+            WriteOp::PushTokenRejected {
+                user,
+                device_id,
+                token,
+            } => self.push_token_rejected(*user, device_id, token),
             WriteOp::Touch {
                 user,
                 device_id,
@@ -325,6 +369,9 @@ impl Batch<'_> {
             WriteOp::ForgetDevice { user, device_id } => {
                 let key = user_str_key(*user, device_id);
                 let existed = self.devices.remove(&key[..])?.is_some();
+                // A revoked device gets no more pushes either.
+                self.push_tokens.remove(&key[..])?;
+                self.push_jobs.remove(&key[..])?;
                 Ok(WriteOutcome::DeviceForgotten(existed))
             }
         }

@@ -6,12 +6,13 @@ use std::ops::Bound;
 
 use super::{from_sled, SledStore, Trees};
 use crate::store::records::{
-    decode, pair_key, split_pair, u64_key, BodyValue, ConvValue, EventValue, GroupValue,
-    MemberValue,
+    decode, pair_key, split_pair, split_user_str, u64_key, BodyValue, ConvValue, EventValue,
+    GroupValue, MemberValue, PushJobValue, PushTokenValue,
 };
 use crate::store::{
     Conversation, EntryKind, GroupEventKind, GroupEventRecord, GroupId, GroupRecord, MemberRecord,
-    MsgId, Role, Seq, StoreError, StoredMessage, TimelinePage, UserId,
+    MsgId, PushJobRecord, PushTokenRecord, Role, Seq, StoreError, StoredMessage, TimelinePage,
+    UserId,
 };
 
 /// The wire's MessageKind numbers, as bodies store them.
@@ -211,4 +212,74 @@ pub(super) fn body_group(trees: &Trees, msg_id: MsgId) -> Result<GroupId, StoreE
         Some(raw) => Ok(decode::<BodyValue>("message body", &raw)?.group),
         None => Ok(0),
     }
+}
+
+pub(super) fn push_devices(trees: &Trees, user: UserId) -> Result<Vec<String>, StoreError> {
+    let mut devices = Vec::new();
+    for item in trees.userdevice_push.scan_prefix(u64_key(user)) {
+        let (key, _) = item.map_err(from_sled)?;
+        devices.push(split_user_str(&key)?.1);
+    }
+    Ok(devices)
+}
+
+pub(crate) fn token_record(v: PushTokenValue) -> PushTokenRecord {
+    PushTokenRecord {
+        provider: v.provider,
+        token: v.token,
+        topic: v.topic,
+        sandbox: v.sandbox,
+        last_pushed_ms: v.last_pushed_ms,
+    }
+}
+
+pub(crate) fn token_value(r: &PushTokenRecord) -> PushTokenValue {
+    PushTokenValue {
+        provider: r.provider,
+        token: r.token.clone(),
+        topic: r.topic.clone(),
+        sandbox: r.sandbox,
+        last_pushed_ms: r.last_pushed_ms,
+    }
+}
+
+/// Walks the outbox (one row per device with a pending push). A walk is
+/// fine for the outbox's size: it holds one row per offline device with
+/// something new, and rows go once delivered.
+pub(super) fn due_push_jobs(
+    trees: &Trees,
+    now_ms: u64,
+    limit: usize,
+) -> Result<(Vec<PushJobRecord>, Option<u64>), StoreError> {
+    let mut due = Vec::new();
+    let mut next: Option<u64> = None;
+    for item in trees.userdevice_pushjob.iter() {
+        let (key, raw) = item.map_err(from_sled)?;
+        let (user, device_id) = split_user_str(&key)?;
+        let v: PushJobValue = decode("push job", &raw)?;
+        if v.not_before_ms > now_ms {
+            next = Some(next.map_or(v.not_before_ms, |n| n.min(v.not_before_ms)));
+            continue;
+        }
+        due.push(PushJobRecord {
+            user,
+            device_id,
+            token: token_record(v.token.unwrap_or_default()),
+            badge: v.badge,
+            peer: v.peer,
+            group: v.group,
+            max_seq: v.max_seq,
+            preview: v.preview,
+            attempts: v.attempts,
+            not_before_ms: v.not_before_ms,
+            generation: v.generation,
+        });
+    }
+    due.sort_by_key(|j| j.not_before_ms);
+    if due.len() > limit {
+        let first_left = due[limit].not_before_ms;
+        next = Some(next.map_or(first_left, |n| n.min(first_left)));
+        due.truncate(limit);
+    }
+    Ok((due, next))
 }
