@@ -72,12 +72,22 @@ pub enum Command {
         /// The username
         name: String,
     },
-    /// Send a message; prints the message id
+    /// Send a message to a user, or with --group to a group; prints the
+    /// message id
     Send {
-        /// The recipient's username
-        user: String,
-        /// The message text
-        text: String,
+        /// The recipient's username, then the text (with --group: only the text)
+        #[arg(value_name = "USER|TEXT")]
+        first: String,
+        /// The message text (not with --group)
+        #[arg(
+            value_name = "TEXT",
+            required_unless_present = "group",
+            conflicts_with = "group"
+        )]
+        second: Option<String>,
+        /// Send to this group (id, or name among your groups) instead of a user
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
         /// Content type label [default: text/plain]
         #[arg(long, value_name = "TYPE")]
         content_type: Option<String>,
@@ -92,6 +102,177 @@ pub enum Command {
     Listen,
     /// Revoke this device's token and forget it
     Logout,
+    /// Create, change and list groups
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// The conversation list with unread counts, and the total (badge)
+    Conversations {
+        /// At most this many conversations (0: all)
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
+    /// Mark a conversation read up to SEQ [default: its last message]
+    Read {
+        /// The 1:1 peer's username, then an optional SEQ (with --group:
+        /// only the SEQ)
+        #[arg(value_name = "USER|SEQ", num_args = 0..=2)]
+        args: Vec<String>,
+        /// Mark this group (id, or name among your groups) read instead
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// Recall (unsend) a message by its id
+    Recall {
+        /// The message id (as printed by `send`)
+        msg_id: u64,
+    },
+    /// List or revoke this account's devices
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+}
+
+/// `pigeon group ...`. GROUP is a group id, or the name of one of your
+/// groups; USER is a username.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group with you as owner; prints the group id
+    Create {
+        /// The group's name (1 to 64 bytes)
+        name: String,
+        /// The first members' usernames, comma separated
+        #[arg(long, value_name = "USER[,USER...]", value_delimiter = ',', num_args = 1..)]
+        members: Vec<String>,
+    },
+    /// Add members (owner or admin)
+    Add {
+        /// The group
+        group: String,
+        /// The users to add
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove a member (owner, or admin for plain members)
+    Remove {
+        /// The group
+        group: String,
+        /// The member to remove
+        user: String,
+    },
+    /// Leave a group (an owner hands ownership over first)
+    Leave {
+        /// The group
+        group: String,
+    },
+    /// Dissolve a group (owner only)
+    Dissolve {
+        /// The group
+        group: String,
+    },
+    /// List your groups
+    List,
+    /// List a group's members
+    Members {
+        /// The group
+        group: String,
+    },
+    /// Set a member's role (owner only); `owner` hands ownership over
+    Role {
+        /// The group
+        group: String,
+        /// The member
+        user: String,
+        /// The new role
+        role: RoleArg,
+    },
+}
+
+/// A role as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Sends and reads
+    Member,
+    /// Also adds and removes plain members, recalls any message
+    Admin,
+    /// Also removes admins, sets roles, dissolves (one per group)
+    Owner,
+}
+
+/// `pigeon devices ...`
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// List this account's devices
+    List,
+    /// Revoke another device: its token stops working, its session ends
+    Revoke {
+        /// The device id (as listed)
+        device_id: String,
+    },
+}
+
+/// Where `send` goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendTo<'a> {
+    /// A user, by username.
+    User(&'a str),
+    /// A group, as typed (id or name).
+    Group(&'a str),
+}
+
+/// The recipient and the text of a `send`, from its two positionals (clap
+/// has already checked that --group and a second positional exclude each
+/// other and that one of them is there).
+pub fn send_target<'a>(
+    first: &'a str,
+    second: Option<&'a str>,
+    group: Option<&'a str>,
+) -> (SendTo<'a>, &'a str) {
+    match (group, second) {
+        (Some(group), _) => (SendTo::Group(group), first),
+        (None, Some(text)) => (SendTo::User(first), text),
+        // Unreachable through clap; treat the lone word as the text to no one.
+        (None, None) => (SendTo::User(""), first),
+    }
+}
+
+/// What `read` marks: a peer or a group, and the seq if given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadTarget<'a> {
+    /// The conversation, as typed.
+    pub to: SendTo<'a>,
+    /// Up to this conv_seq; None: the conversation's last.
+    pub seq: Option<u64>,
+}
+
+/// Interpret `read`'s positionals: `USER [SEQ]`, or `[SEQ]` with --group.
+pub fn read_target<'a>(
+    args: &'a [String],
+    group: Option<&'a str>,
+) -> Result<ReadTarget<'a>, String> {
+    let parse_seq = |text: &str| {
+        text.parse::<u64>()
+            .map_err(|_| format!("SEQ must be a number, not {text:?}"))
+    };
+    match (group, args) {
+        (Some(group), []) => Ok(ReadTarget {
+            to: SendTo::Group(group),
+            seq: None,
+        }),
+        (Some(group), [seq]) => Ok(ReadTarget {
+            to: SendTo::Group(group),
+            seq: Some(parse_seq(seq)?),
+        }),
+        (Some(_), _) => Err("with --group, `read` takes at most a SEQ".into()),
+        (None, []) => Err("`read` needs a USER or --group GROUP".into()),
+        (None, [user]) => Ok(ReadTarget {
+            to: SendTo::User(user),
+            seq: None,
+        }),
+        (None, [user, seq]) => Ok(ReadTarget {
+            to: SendTo::User(user),
+            seq: Some(parse_seq(seq)?),
+        }),
+        (None, _) => Err("`read` takes USER and at most a SEQ".into()),
+    }
 }
 
 impl GlobalArgs {
@@ -144,15 +325,94 @@ mod tests {
         assert_eq!(cli.global.server.as_deref(), Some("h:1"));
         assert_eq!(cli.global.ca, PathBuf::from("x.pem"));
         let Command::Send {
-            user,
-            text,
+            first,
+            second,
+            group,
             content_type,
         } = cli.command
         else {
             panic!("not send: {:?}", cli.command);
         };
-        assert_eq!((user.as_str(), text.as_str()), ("bob", "hi"));
+        let (to, text) = send_target(&first, second.as_deref(), group.as_deref());
+        assert_eq!((to, text), (SendTo::User("bob"), "hi"));
         assert_eq!(content_type, None);
+    }
+
+    #[test]
+    fn send_to_a_group_takes_only_the_text() {
+        let cli = parse(&["send", "--group", "team", "hello all"]).unwrap();
+        let Command::Send {
+            first,
+            second,
+            group,
+            ..
+        } = cli.command
+        else {
+            panic!("not send: {:?}", cli.command);
+        };
+        let (to, text) = send_target(&first, second.as_deref(), group.as_deref());
+        assert_eq!((to, text), (SendTo::Group("team"), "hello all"));
+        assert!(parse(&["send", "--group", "5", "bob", "hi"]).is_err());
+        assert!(parse(&["send", "--group", "5"]).is_err());
+    }
+
+    #[test]
+    fn group_commands_parse() {
+        let cli = parse(&["group", "create", "team", "--members", "bob,carol"]).unwrap();
+        let Command::Group(GroupCommand::Create { name, members }) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(
+            (name.as_str(), members),
+            ("team", vec!["bob".into(), "carol".into()])
+        );
+        let cli = parse(&["group", "add", "7", "bob", "carol"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Group(GroupCommand::Add { group, users }) if group == "7" && users.len() == 2
+        ));
+        assert!(parse(&["group", "add", "7"]).is_err(), "add needs a user");
+        let cli = parse(&["group", "role", "7", "bob", "admin"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Group(GroupCommand::Role {
+                role: RoleArg::Admin,
+                ..
+            })
+        ));
+        assert!(parse(&["group", "role", "7", "bob", "king"]).is_err());
+        assert!(parse(&["devices", "revoke", "d1"]).is_ok());
+        assert!(parse(&["recall", "not-a-number"]).is_err());
+    }
+
+    #[test]
+    fn read_takes_a_user_or_a_group_and_an_optional_seq() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let bob = args(&["bob"]);
+        assert_eq!(
+            read_target(&bob, None),
+            Ok(ReadTarget {
+                to: SendTo::User("bob"),
+                seq: None
+            })
+        );
+        let bob7 = args(&["bob", "7"]);
+        assert_eq!(read_target(&bob7, None).unwrap().seq, Some(7));
+        let seq = args(&["9"]);
+        assert_eq!(
+            read_target(&seq, Some("team")),
+            Ok(ReadTarget {
+                to: SendTo::Group("team"),
+                seq: Some(9)
+            })
+        );
+        assert!(read_target(&[], None).is_err());
+        assert!(read_target(&bob7, Some("team")).is_err());
+        assert!(read_target(&args(&["bob", "x"]), None).is_err());
+        let cli = parse(&["read", "--group", "5"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Read { args, group: Some(g) } if args.is_empty() && g == "5")
+        );
     }
 
     #[test]

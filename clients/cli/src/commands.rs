@@ -1,20 +1,29 @@
 //! The commands: each connects through the sdk, does its one thing, prints
-//! the result and keeps the profile (token, cursor) up to date.
+//! the result and keeps the profile (token, cursors) up to date. Account
+//! and 1:1 commands are here; receiving (`pull`, `listen`), groups and the
+//! conversation, recall and device commands have their own modules.
+
+mod groups;
+mod receive;
+mod social;
+
+pub use groups::group;
+pub use receive::{listen, pull};
+pub use social::{conversations, devices, read, recall};
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pigeon_sdk::sync::{resume_cursor, sync_to_end, SyncSink};
+use pigeon_sdk::sync::resume_cursor;
 use pigeon_sdk::{
-    pb, Client, ClientConfig, ClientEvent, ConnectOptions, Connection, Credential, KickReason,
-    LoginParams, Platform, Profile, Recipient, SdkError,
+    ConnectOptions, Connection, Credential, KickReason, LoginParams, Platform, Profile, Recipient,
+    SdkError,
 };
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::args::GlobalArgs;
+use crate::args::{GlobalArgs, SendTo};
 use crate::failure::{Exit, Failure};
-use crate::output;
 use crate::password;
 
 /// What every command needs: the global options, resolved.
@@ -143,7 +152,10 @@ fn login_params(profile: &Profile, username: &str, credential: Credential) -> Lo
 
 /// Connect and log in with the profile's token (falling back to
 /// PIGEON_PASSWORD when the token is refused), and record the login.
-async fn resume_session(ctx: &Ctx, profile: &mut Profile) -> Result<(Connection, String), Failure> {
+pub(crate) async fn resume_session(
+    ctx: &Ctx,
+    profile: &mut Profile,
+) -> Result<(Connection, String), Failure> {
     let token = profile.token.clone().ok_or_else(Failure::not_logged_in)?;
     let username = profile.username.clone().unwrap_or_default();
     let server = ctx.global.server(profile.server.as_deref());
@@ -172,10 +184,10 @@ async fn resume_session(ctx: &Ctx, profile: &mut Profile) -> Result<(Connection,
     Ok((conn, server))
 }
 
-/// `pigeon send USER TEXT`
+/// `pigeon send USER TEXT` and `pigeon send --group GROUP TEXT`
 pub async fn send(
     ctx: &Ctx,
-    user: &str,
+    to: SendTo<'_>,
     text: &str,
     content_type: Option<&str>,
 ) -> Result<(), Failure> {
@@ -183,28 +195,34 @@ pub async fn send(
     let (conn, server) = resume_session(ctx, &mut profile).await?;
     let client_msg_id = new_client_msg_id();
     let content_type = content_type.unwrap_or("text/plain");
-    let sent = conn
-        .send(
-            Recipient::Name(user.to_owned()),
-            client_msg_id.as_str(),
-            content_type,
-            text.as_bytes().to_vec(),
-        )
-        .await
-        .map_err(|e| ctx.fail(&server, e))?;
+    let content = text.as_bytes().to_vec();
+    let (sent, to_json) = match to {
+        SendTo::User(user) => {
+            let recipient = Recipient::Name(user.to_owned());
+            let sent = conn.send(recipient, client_msg_id.as_str(), content_type, content);
+            (sent.await, json!({"to": user}))
+        }
+        SendTo::Group(group) => {
+            let group_id = groups::resolve(ctx, &conn, &server, group).await?;
+            let sent = conn.send_group(group_id, client_msg_id.as_str(), content_type, content);
+            (sent.await, json!({"group": group_id}))
+        }
+    };
+    let sent = sent.map_err(|e| ctx.fail(&server, e))?;
     conn.close().await;
-    ctx.print(
-        &sent.msg_id.to_string(),
-        json!({
-            "event": "sent",
-            "msg_id": sent.msg_id,
-            "seq": sent.seq,
-            "to": user,
-            "client_msg_id": client_msg_id,
-            "ts": sent.sent_at_ms,
-            "duplicate": sent.duplicate,
-        }),
-    );
+    let mut object = json!({
+        "event": "sent",
+        "msg_id": sent.msg_id,
+        "seq": sent.seq,
+        "conv_seq": sent.conv_seq,
+        "client_msg_id": client_msg_id,
+        "ts": sent.sent_at_ms,
+        "duplicate": sent.duplicate,
+    });
+    for (key, value) in to_json.as_object().into_iter().flatten() {
+        object[key] = value.clone();
+    }
+    ctx.print(&sent.msg_id.to_string(), object);
     Ok(())
 }
 
@@ -212,54 +230,6 @@ pub async fn send(
 pub fn new_client_msg_id() -> String {
     let bytes: [u8; 16] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Prints synced messages and commits the cursor to the profile.
-struct PrintSink<'a> {
-    json: bool,
-    profile: &'a mut Profile,
-}
-
-impl SyncSink for PrintSink<'_> {
-    async fn deliver(&mut self, message: pb::Message) -> Result<(), SdkError> {
-        print_message(self.json, &message);
-        Ok(())
-    }
-
-    async fn commit(&mut self, cursor: u64) -> Result<(), SdkError> {
-        self.profile.cursor = cursor;
-        self.profile.save()
-    }
-}
-
-fn print_message(json: bool, message: &pb::Message) {
-    if json {
-        println!("{}", output::message_json(message));
-    } else {
-        println!("{}", output::message_line(message));
-    }
-}
-
-/// `pigeon pull`
-pub async fn pull(ctx: &Ctx, limit: u32) -> Result<(), Failure> {
-    let mut profile = ctx.logged_in_profile()?;
-    let (conn, server) = resume_session(ctx, &mut profile).await?;
-    let cursor = profile.cursor;
-    let mut sink = PrintSink {
-        json: ctx.global.json,
-        profile: &mut profile,
-    };
-    let report = sync_to_end(&conn, cursor, limit, &mut sink)
-        .await
-        .map_err(|e| ctx.fail(&server, e))?;
-    conn.close().await;
-    if !ctx.global.json {
-        eprintln!(
-            "{} new message(s); acknowledged up to seq {}",
-            report.delivered, report.cursor
-        );
-    }
-    Ok(())
 }
 
 /// `pigeon logout`
@@ -273,83 +243,6 @@ pub async fn logout(ctx: &Ctx) -> Result<(), Failure> {
     result.map_err(|e| ctx.fail(&server, e))?;
     ctx.print("logged out", json!({"event": "logged_out"}));
     Ok(())
-}
-
-/// `pigeon listen`: stays connected (reconnecting with backoff) until
-/// Ctrl-C. Fails fast if the very first connection cannot be made.
-pub async fn listen(ctx: &Ctx) -> Result<(), Failure> {
-    let profile = ctx.logged_in_profile()?;
-    let server = ctx.global.server(profile.server.as_deref());
-    let username = profile.username.clone().unwrap_or_default();
-    let mut config = ClientConfig::new(ctx.connect_options(&server)?, username);
-    config.platform = Platform::Cli;
-    config.password = password::from_env();
-    let mut client = Client::start(config, profile);
-    let mut ever_connected = false;
-    loop {
-        let event = tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
-                client.shutdown().await;
-                return Ok(());
-            }
-            event = client.next_event() => event,
-        };
-        let Some(event) = event else { return Ok(()) };
-        match event {
-            ClientEvent::Message(message) => print_message(ctx.global.json, &message),
-            ClientEvent::Connected {
-                user_id,
-                cursor,
-                max_seq,
-                ..
-            } => {
-                ever_connected = true;
-                ctx.note(
-                    &format!("connected to {server} as user {user_id}; listening (Ctrl-C to stop)"),
-                    json!({"event": "connected", "server": server, "user_id": user_id,
-                           "cursor": cursor, "max_seq": max_seq}),
-                );
-            }
-            ClientEvent::CaughtUp { cursor } => {
-                if ctx.global.json {
-                    println!("{}", json!({"event": "caught_up", "cursor": cursor}));
-                }
-            }
-            ClientEvent::Disconnected {
-                reason,
-                error,
-                retry_in,
-            } => {
-                if let (false, Some(error)) = (ever_connected, error) {
-                    client.shutdown().await;
-                    return Err(ctx.fail(&server, error));
-                }
-                let retry_ms = retry_in.map(|d| d.as_millis() as u64);
-                let human = match retry_in {
-                    Some(delay) => format!("disconnected: {reason}; reconnecting in {delay:.1?}"),
-                    None => format!("disconnected: {reason}"),
-                };
-                ctx.note(
-                    &human,
-                    json!({"event": "disconnected", "reason": reason, "retry_in_ms": retry_ms}),
-                );
-            }
-            ClientEvent::Kicked {
-                reason,
-                message,
-                reconnecting,
-            } => {
-                if !reconnecting {
-                    return Err(kicked(reason, &message));
-                }
-                ctx.note(
-                    &format!("kicked by the server ({}); reconnecting", kick_name(reason)),
-                    json!({"event": "kicked", "reason": kick_name(reason), "message": message}),
-                );
-            }
-            ClientEvent::Stopped { error } => return Err(ctx.fail(&server, error)),
-        }
-    }
 }
 
 /// "SAME_DEVICE" rather than the enum's "KICK_REASON_SAME_DEVICE".

@@ -57,12 +57,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Register { name } => commands::register(&ctx, name).await,
         Command::Login { name } => commands::login(&ctx, name).await,
         Command::Send {
-            user,
-            text,
+            first,
+            second,
+            group,
             content_type,
-        } => commands::send(&ctx, user, text, content_type.as_deref()).await,
+        } => {
+            let (to, text) = args::send_target(first, second.as_deref(), group.as_deref());
+            commands::send(&ctx, to, text, content_type.as_deref()).await
+        }
         Command::Pull { limit } => commands::pull(&ctx, *limit).await,
         Command::Listen => commands::listen(&ctx).await,
         Command::Logout => commands::logout(&ctx).await,
+        Command::Group(command) => commands::group(&ctx, command).await,
+        Command::Conversations { limit } => commands::conversations(&ctx, *limit).await,
+        Command::Read { args, group } => {
+            let target = args::read_target(args, group.as_deref())
+                .map_err(|message| Failure::new(Exit::Usage, message))?;
+            commands::read(&ctx, target).await
+        }
+        Command::Recall { msg_id } => commands::recall(&ctx, *msg_id).await,
+        Command::Devices(command) => commands::devices(&ctx, command).await,
     }
 }

@@ -29,7 +29,9 @@ pub use connection::{
 pub use error::{SdkError, TlsFailure};
 pub use profile::Profile;
 pub use sync::{sync_to_end, SyncReport, SyncSink};
-pub use timeline::{follow_large_groups, sync_group_to_end, TimelineSink};
+pub use timeline::{
+    follow_large_groups, follow_listed_groups, sync_group_to_end, SeenEvents, TimelineSink,
+};
 
 /// The protocol crate, re-exported so applications need one dependency.
 pub use pigeon_protocol as protocol;

@@ -149,17 +149,28 @@ pub async fn follow_large_groups<S: TimelineSink + Send>(
     limit: u32,
     sink: &mut S,
 ) -> Result<FollowReport, SdkError> {
-    let mut report = FollowReport {
-        supported: true,
-        ..FollowReport::default()
-    };
     let groups = match conn.group_list().await {
         Ok(groups) => groups,
         Err(e) if e.server_code() == Some(ErrorCode::UnknownRequest) => {
-            report.supported = false;
-            return Ok(report);
+            return Ok(FollowReport::default());
         }
         Err(e) => return Err(e),
+    };
+    follow_listed_groups(conn, &groups, cursors, limit, sink).await
+}
+
+/// [`follow_large_groups`] with a group list the caller already has (the
+/// answer of a `group_list` made just before).
+pub async fn follow_listed_groups<S: TimelineSink + Send>(
+    conn: &Connection,
+    groups: &[pb::GroupInfo],
+    cursors: &BTreeMap<u64, u64>,
+    limit: u32,
+    sink: &mut S,
+) -> Result<FollowReport, SdkError> {
+    let mut report = FollowReport {
+        supported: true,
+        ..FollowReport::default()
     };
     for info in groups.iter().filter(|g| g.large) {
         report.following.insert(info.group_id);
