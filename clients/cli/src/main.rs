@@ -5,6 +5,7 @@
 mod args;
 mod commands;
 mod failure;
+mod names;
 mod output;
 mod password;
 

@@ -8,6 +8,7 @@ use serde_json::json;
 use super::{resume_session, Ctx};
 use crate::args::{GroupCommand, RoleArg};
 use crate::failure::{Exit, Failure};
+use crate::names::NameCache;
 use crate::output;
 
 /// The group id for a GROUP argument: a number is an id as is; anything
@@ -82,6 +83,21 @@ async fn member_id(
         })
 }
 
+/// Keep the names of a group's members for printing its events later
+/// (members who are removed before then are no longer listed anywhere).
+/// Best effort: the command has already succeeded.
+async fn remember_members(ctx: &Ctx, conn: &Connection, group_id: u64) {
+    let Ok(members) = conn.group_members(group_id).await else {
+        return;
+    };
+    let mut names = NameCache::load(&ctx.profile_dir);
+    for member in &members {
+        names.learn(member.user_id, &member.username);
+    }
+    // Only a cache: without it, output shows #ids instead of names.
+    drop(names.save());
+}
+
 fn role_of(role: RoleArg) -> pb::GroupRole {
     match role {
         RoleArg::Member => pb::GroupRole::Member,
@@ -117,6 +133,7 @@ async fn run(
                 .await
                 .map_err(fail)?;
             let info = answer.group.clone().unwrap_or_default();
+            remember_members(ctx, conn, info.group_id).await;
             ctx.print(
                 &info.group_id.to_string(),
                 json!({"event": "group_created", "group": info.group_id, "name": info.name,
@@ -138,12 +155,16 @@ async fn run(
         GroupCommand::Members { group } => {
             let group_id = resolve(ctx, conn, server, group).await?;
             let members = conn.group_members(group_id).await.map_err(fail)?;
+            let mut names = NameCache::load(&ctx.profile_dir);
             for member in &members {
+                names.learn(member.user_id, &member.username);
                 ctx.print(
                     &output::member_line(member),
                     output::member_json(group_id, member),
                 );
             }
+            // Only a cache: without it, output shows #ids instead of names.
+            drop(names.save());
             return Ok(());
         }
         GroupCommand::Add {
@@ -155,6 +176,7 @@ async fn run(
                 .group_add(group_id, &users(names))
                 .await
                 .map_err(fail)?;
+            remember_members(ctx, conn, group_id).await;
             ("add", answer, format!("added {}", names.join(", ")))
         }
         GroupCommand::Remove { group, user } => {

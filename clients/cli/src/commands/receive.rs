@@ -3,6 +3,7 @@
 //! recalls) and keep the cursors in the profile.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use pigeon_sdk::sync::{sync_to_end, SyncSink};
 use pigeon_sdk::timeline::{follow_listed_groups, SeenEvents, TimelineSink};
@@ -13,6 +14,7 @@ use serde_json::json;
 
 use super::{kick_name, kicked, resume_session, save, Ctx};
 use crate::failure::Failure;
+use crate::names::NameCache;
 use crate::output::{self, Directory, Source};
 use crate::password;
 
@@ -26,15 +28,36 @@ pub(crate) struct Printer {
     seen: SeenEvents,
     /// Groups whose member list was already asked for.
     looked_up: HashSet<u64>,
+    /// Names kept between runs, for users entries name only by id.
+    names: NameCache,
 }
 
 impl Printer {
-    fn new(json: bool, profile: &Profile) -> Printer {
+    fn new(json: bool, profile: &Profile, profile_dir: &Path) -> Printer {
+        let names = NameCache::load(profile_dir);
+        let mut directory = Directory::new(profile.user_id, profile.username.as_deref());
+        for (id, name) in names.iter() {
+            directory.learn_user(id, name);
+        }
         Printer {
             json,
-            directory: Directory::new(profile.user_id, profile.username.as_deref()),
+            directory,
             seen: SeenEvents::default(),
             looked_up: HashSet::new(),
+            names,
+        }
+    }
+
+    fn learn_user(&mut self, id: u64, name: &str) {
+        self.directory.learn_user(id, name);
+        self.names.learn(id, name);
+    }
+
+    /// Keep the names learnt so far for later runs.
+    fn save_names(&mut self) {
+        // Only a cache: without it, output shows #ids instead of names.
+        if let Err(e) = self.names.save() {
+            warn_unsaved_names(&e);
         }
     }
 
@@ -52,13 +75,15 @@ impl Printer {
         }
         self.seen.note(message);
         self.directory.learn_message(message);
+        self.learn_user(message.from_user_id, &message.from_username);
+        self.learn_user(message.to_user_id, &message.to_username);
         if let (Some(conn), Some(event)) = (conn, &message.group_event) {
             let unknown = !self.directory.knows_users(&event.target_user_ids);
             if unknown && self.looked_up.insert(message.group_id) {
                 // Best effort: a group we are no longer in keeps #ids.
                 if let Ok(members) = conn.group_members(message.group_id).await {
                     for member in members {
-                        self.directory.learn_user(member.user_id, &member.username);
+                        self.learn_user(member.user_id, &member.username);
                     }
                 }
             }
@@ -76,6 +101,10 @@ impl Printer {
             None => format!("#{id}"),
         }
     }
+}
+
+fn warn_unsaved_names(error: &std::io::Error) {
+    eprintln!("pigeon: warning: cannot save the name cache: {error}");
 }
 
 /// The caller's groups, or an empty list from a server that does not
@@ -128,9 +157,10 @@ impl TimelineSink for PullSink<'_> {
 pub async fn pull(ctx: &Ctx, limit: u32) -> Result<(), Failure> {
     let mut profile = ctx.logged_in_profile()?;
     let (conn, server) = resume_session(ctx, &mut profile).await?;
-    let mut printer = Printer::new(ctx.global.json, &profile);
+    let mut printer = Printer::new(ctx.global.json, &profile, &ctx.profile_dir);
     let result = pull_all(&conn, limit, &mut printer, &mut profile).await;
     conn.close().await;
+    printer.save_names();
     let (inbox, timeline) = result.map_err(|e| ctx.fail(&server, e))?;
     save(&profile)?;
     if !ctx.global.json {
@@ -183,7 +213,7 @@ pub async fn listen(ctx: &Ctx) -> Result<(), Failure> {
     let profile = ctx.logged_in_profile()?;
     let server = ctx.global.server(profile.server.as_deref());
     let username = profile.username.clone().unwrap_or_default();
-    let mut printer = Printer::new(ctx.global.json, &profile);
+    let mut printer = Printer::new(ctx.global.json, &profile, &ctx.profile_dir);
     let mut config = ClientConfig::new(ctx.connect_options(&server)?, username);
     config.platform = Platform::Cli;
     config.password = password::from_env();
