@@ -37,7 +37,7 @@ use gateway::Gateway;
 use metrics::Metrics;
 use service::{Accounts, CommitStats, Committer, CommitterThread, Messaging, MessagingRules};
 use session::{Notifier, SessionRegistry};
-use store::{SledStore, Store};
+use store::{SledStore, Store, StoreError};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -85,19 +85,29 @@ pub struct Server {
     admin: Option<admin::AdminServer>,
 }
 
+/// Opens the store, with the power-loss test hook when the config asks.
+fn open_store(config: &Config) -> Result<SledStore, StoreError> {
+    let store = SledStore::open(&config.data_dir, config.messaging.durability)?;
+    let Some(target) = &config.test_powerloss_snapshot else {
+        return Ok(store);
+    };
+    tracing::warn!(
+        snapshots = %target.display(),
+        "test only: copying the data directory after every fsync (power-loss injector)"
+    );
+    store.with_powerloss_snapshots(target)
+}
+
 impl Server {
     /// Validate the config, open the store, load TLS and start the writer.
     pub fn open(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         let tls = Arc::new(gateway::tls::ServerTls::load(&config.tls)?);
-        let store: Arc<dyn Store> = Arc::new(
-            SledStore::open(&config.data_dir, config.messaging.durability).map_err(|source| {
-                ServerError::Store {
-                    dir: config.data_dir.display().to_string(),
-                    source,
-                }
-            })?,
-        );
+        let store: Arc<dyn Store> =
+            Arc::new(open_store(&config).map_err(|source| ServerError::Store {
+                dir: config.data_dir.display().to_string(),
+                source,
+            })?);
         let registry = Arc::new(SessionRegistry::new(config.accounts.kick_policy));
         let notifier: Arc<dyn Notifier> = registry.clone();
         let metrics = Arc::new(Metrics::default());

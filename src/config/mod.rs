@@ -37,7 +37,18 @@ pub struct Config {
     pub messaging: Messaging,
     /// The admin listener (/metrics, /healthz, /readyz, admin API).
     pub admin: Admin,
+    /// Test only, never in a config file: from the environment variable
+    /// [`TEST_POWERLOSS_SNAPSHOT_ENV`]. Makes the store copy its data
+    /// directory here after every fsync, for the power-loss test
+    /// (`tests/powerloss.rs`); costs a copy of the store per fsync.
+    #[serde(skip)]
+    pub test_powerloss_snapshot: Option<PathBuf>,
 }
+
+/// The environment variable of [`Config::test_powerloss_snapshot`]. Not a
+/// config key: it has no TOML name and `pigeond config default` does not
+/// list it.
+pub const TEST_POWERLOSS_SNAPSHOT_ENV: &str = "PIGEON_TEST_POWERLOSS_SNAPSHOT";
 
 /// The admin endpoint: loopback HTTP with a bearer token, never on the
 /// public port.
@@ -223,6 +234,7 @@ impl Default for Config {
             accounts: Accounts::default(),
             messaging: Messaging::default(),
             admin: Admin::default(),
+            test_powerloss_snapshot: None,
         }
     }
 }
@@ -440,7 +452,13 @@ impl Config {
         &mut self,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
+        // Kept aside: the round trip through TOML below drops the field.
+        let mut powerloss_snapshot = self.test_powerloss_snapshot.clone();
         for (name, text) in env {
+            if name == TEST_POWERLOSS_SNAPSHOT_ENV {
+                powerloss_snapshot = Some(PathBuf::from(text));
+                continue;
+            }
             let Some(doc) = keys::by_env(&name) else {
                 continue;
             };
@@ -452,6 +470,7 @@ impl Config {
                 }
             })?;
         }
+        self.test_powerloss_snapshot = powerloss_snapshot;
         Ok(())
     }
 

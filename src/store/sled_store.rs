@@ -35,6 +35,7 @@ mod backup;
 mod batch;
 mod files;
 mod manifest;
+mod powerloss;
 mod social;
 #[cfg(test)]
 mod tests;
@@ -44,7 +45,7 @@ use std::cell::Cell;
 use std::ops::Bound;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::{Mutex, Once, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, Once, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use sled::Tree;
@@ -170,6 +171,11 @@ pub struct SledStore {
     failed: Mutex<Option<String>>,
     /// Taken shared by every write and exclusively by a backup.
     write_gate: RwLock<()>,
+    /// See [`SledOptions::flush_every_ms`].
+    flush_every_ms: Option<u64>,
+    /// Test only: the power-loss injector (see [`powerloss`]); `None`
+    /// unless [`SledStore::with_powerloss_snapshots`] was called.
+    powerloss: Option<powerloss::PowerLoss>,
     /// Held for the store's life: one process per data directory.
     _lock: std::fs::File,
 }
@@ -255,9 +261,35 @@ impl SledStore {
             min_free_bytes: options.min_free_bytes,
             failed: Mutex::new(None),
             write_gate: RwLock::new(()),
+            flush_every_ms: options.flush_every_ms,
+            powerloss: None,
             _lock: lock,
         };
         Ok((store, recorded))
+    }
+
+    /// Test only (the `PIGEON_TEST_POWERLOSS_SNAPSHOT` hook): from now on,
+    /// copy the data directory into `target` after every fsync, before
+    /// anything it made durable is answered; see [`powerloss`]. Takes the
+    /// first copy before it returns.
+    pub fn with_powerloss_snapshots(mut self, target: &Path) -> Result<SledStore, StoreError> {
+        let snapshots = Arc::new(powerloss::Snapshots::open(&self.files.path, target)?);
+        self.fsync()?;
+        snapshots.take()?;
+        let flusher = match (self.durability, self.flush_every_ms) {
+            (Durability::Fsync, _) | (_, None) => None,
+            (_, Some(ms)) => Some(powerloss::Flusher::start(
+                self.db.clone(),
+                SyncFiles::open(&self.files.path, false)?,
+                snapshots.clone(),
+                Duration::from_millis(ms),
+            )?),
+        };
+        self.powerloss = Some(powerloss::PowerLoss {
+            snapshots,
+            _flusher: flusher,
+        });
+        Ok(self)
     }
 
     /// What the store holds of the values the manifest vouches for.
@@ -443,7 +475,11 @@ impl Store for SledStore {
             Durability::Buffered => return Ok(()),
         }
         self.track(self.fsync())?;
-        self.track(self.manifest.record(committed, true))
+        self.track(self.manifest.record(committed, true))?;
+        match &self.powerloss {
+            Some(injector) => self.track(injector.snapshots.take()),
+            None => Ok(()),
+        }
     }
 
     fn failure(&self) -> Option<String> {

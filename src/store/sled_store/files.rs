@@ -18,7 +18,7 @@ fn io_error(what: &str, path: &Path, error: io::Error) -> StoreError {
 }
 
 /// Name of the lock file that keeps a second pigeond out of a data directory.
-const LOCK_FILE: &str = "pigeond.lock";
+pub(super) const LOCK_FILE: &str = "pigeond.lock";
 
 /// Takes the data directory's exclusive lock (creating the directory if
 /// needed), before anything in it is touched: the snapshot clean-up below
