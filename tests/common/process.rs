@@ -2,7 +2,7 @@
 //! It logs JSON to a pipe that is drained all the time (so the child never
 //! blocks on it); the address comes from its "serving" log record.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -40,8 +40,17 @@ pub fn serve_args(data: &Path, listen: &str, extra: &[&str]) -> Vec<OsString> {
 impl Pigeond {
     /// Spawn without waiting; the receiver yields the address once it serves.
     pub fn spawn(args: Vec<OsString>) -> (Pigeond, oneshot::Receiver<SocketAddr>) {
+        Pigeond::spawn_with_env(args, &[])
+    }
+
+    /// [`Pigeond::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        args: Vec<OsString>,
+        env: &[(&str, &OsStr)],
+    ) -> (Pigeond, oneshot::Receiver<SocketAddr>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pigeond"))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -74,7 +83,15 @@ impl Pigeond {
 
     /// Spawn and wait until it serves; returns it with its address.
     pub async fn start(args: Vec<OsString>) -> (Pigeond, SocketAddr) {
-        let (process, serving) = Pigeond::spawn(args);
+        Pigeond::start_with_env(args, &[]).await
+    }
+
+    /// [`Pigeond::start`] with extra environment variables.
+    pub async fn start_with_env(
+        args: Vec<OsString>,
+        env: &[(&str, &OsStr)],
+    ) -> (Pigeond, SocketAddr) {
+        let (process, serving) = Pigeond::spawn_with_env(args, env);
         let addr = tokio::time::timeout(WAIT, serving)
             .await
             .expect("pigeond serves in time")
