@@ -39,6 +39,11 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "The admin listener: /metrics, /healthz, /readyz and the admin API over\n\
          loopback HTTP with a bearer token. Never on the public port.",
     ),
+    (
+        "push",
+        "Offline push: when none of a user's devices is connected, a push goes to\n\
+         each device's provider (APNs, FCM, or the webhook). See docs/push.md.",
+    ),
 ];
 
 const fn key(key: &'static str, doc: &'static str) -> KeyDoc {
@@ -235,6 +240,112 @@ pub const KEYS: &[KeyDoc] = &[
         "admin.allow_non_loopback",
         "Allow admin.listen on a non-loopback address. Off so the admin API is\n\
          never exposed to the network by accident.",
+    ),
+    key(
+        "push.enabled",
+        "Run the push worker. Needs at least one provider below.",
+    ),
+    key(
+        "push.content_preview",
+        "Put the message text in the notification. Off: no content leaves the\n\
+         server (a generic title, the badge, the conversation id and max seq).",
+    ),
+    key(
+        "push.alert_title",
+        "The notification title shown on the phone.",
+    ),
+    key(
+        "push.coalesce_window",
+        "Pushes to one device are at least this far apart; messages in between\n\
+         only raise the badge of the one pending push.",
+    ),
+    key(
+        "push.concurrency",
+        "Deliveries in flight at once, per provider.",
+    ),
+    key(
+        "push.backoff_base",
+        "First retry delay after a 429, 5xx, timeout or connection error;\n\
+         doubles per attempt, with full jitter.",
+    ),
+    key(
+        "push.backoff_cap",
+        "Longest retry delay (a provider's Retry-After may ask for more, up to 1h).",
+    ),
+    key(
+        "push.max_attempts",
+        "Deliveries tried for one push before it is dropped (and logged).",
+    ),
+    key(
+        "push.request_timeout",
+        "One provider request, connecting included; a slower one is retried.",
+    ),
+    key(
+        "push.poll_interval",
+        "How often the outbox is checked for pushes whose retry time came.",
+    ),
+    unset(
+        "push.ca_file",
+        "Trust only this CA (PEM) for provider endpoints instead of the system's\n\
+         roots (a TLS-inspecting proxy, or tests).",
+        "\"/etc/pigeon/proxy-ca.pem\"",
+    ),
+    unset(
+        "push.apns_key_file",
+        "APNs token-auth key (.p8) from the Apple developer account. Setting it\n\
+         turns APNs on; apns_key_id and apns_team_id must be set with it.",
+        "\"/etc/pigeon/AuthKey_ABC123DEFG.p8\"",
+    ),
+    unset(
+        "push.apns_key_id",
+        "The APNs key's id (10 characters).",
+        "\"ABC123DEFG\"",
+    ),
+    unset(
+        "push.apns_team_id",
+        "The Apple developer team id (10 characters).",
+        "\"DEF123GHIJ\"",
+    ),
+    unset(
+        "push.apns_topic",
+        "The app's bundle id, for devices that registered without a topic.",
+        "\"com.example.chat\"",
+    ),
+    key("push.apns_endpoint", "Production APNs base URL."),
+    key(
+        "push.apns_sandbox_endpoint",
+        "Sandbox APNs base URL, for tokens of development builds.",
+    ),
+    unset(
+        "push.fcm_service_account_file",
+        "Google service-account key (JSON) allowed to send with Firebase Cloud\n\
+         Messaging. Setting it turns FCM on.",
+        "\"/etc/pigeon/firebase-service-account.json\"",
+    ),
+    unset(
+        "push.fcm_project_id",
+        "Firebase project id. Unset: the service account's project_id.",
+        "\"example-chat\"",
+    ),
+    key(
+        "push.fcm_endpoint",
+        "FCM HTTP v1 base URL (/v1/projects/ID/messages:send is appended).",
+    ),
+    unset(
+        "push.fcm_token_endpoint",
+        "OAuth2 token URL. Unset: the service account's token_uri.",
+        "\"https://oauth2.googleapis.com/token\"",
+    ),
+    unset(
+        "push.webhook_url",
+        "HTTPS URL that gets a signed JSON POST per push for devices registered\n\
+         for the webhook. Set with webhook_secret_file.",
+        "\"https://push-relay.example.com/pigeon\"",
+    ),
+    unset(
+        "push.webhook_secret_file",
+        "File holding the webhook's HMAC-SHA256 secret (trailing newline ignored).",
+        "\"/etc/pigeon/webhook.secret\"",
     ),
 ];
 

@@ -15,6 +15,9 @@ use crate::store::Durability;
 
 pub mod duration_text;
 pub mod keys;
+pub mod push;
+
+pub use push::Push;
 
 /// Everything pigeond can be told.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -43,6 +46,8 @@ pub struct Config {
     /// (`tests/powerloss.rs`); costs a copy of the store per fsync.
     #[serde(skip)]
     pub test_powerloss_snapshot: Option<PathBuf>,
+    /// Offline push to phones (APNs, FCM) and a webhook.
+    pub push: Push,
 }
 
 /// The environment variable of [`Config::test_powerloss_snapshot`]. Not a
@@ -235,6 +240,7 @@ impl Default for Config {
             messaging: Messaging::default(),
             admin: Admin::default(),
             test_powerloss_snapshot: None,
+            push: Push::default(),
         }
     }
 }
@@ -610,7 +616,7 @@ impl Config {
                 );
             }
         }
-        Ok(())
+        self.push.validate()
     }
 }
 

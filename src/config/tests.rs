@@ -99,6 +99,17 @@ fn every_key_is_documented_and_every_documented_key_exists() {
     full.tls.cert = Some("cert.pem".into());
     full.tls.key = Some("key.pem".into());
     full.admin.token_file = Some("admin.token".into());
+    let p = &mut full.push;
+    p.ca_file = Some("ca.pem".into());
+    p.apns_key_file = Some("key.p8".into());
+    p.apns_key_id = Some("K".into());
+    p.apns_team_id = Some("T".into());
+    p.apns_topic = Some("com.example".into());
+    p.fcm_service_account_file = Some("sa.json".into());
+    p.fcm_project_id = Some("p".into());
+    p.fcm_token_endpoint = Some("https://t".into());
+    p.webhook_url = Some("https://w".into());
+    p.webhook_secret_file = Some("s".into());
     let table = toml::Table::try_from(&full).unwrap();
     let mut serialized = Vec::new();
     for (name, value) in &table {
@@ -242,4 +253,51 @@ fn certificate_files_must_exist_and_be_readable() {
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("config key `tls.key`"), "{err}");
     assert!(err.contains("is not a file"), "{err}");
+}
+
+#[test]
+fn push_is_off_by_default_without_content() {
+    let c = Config::default();
+    assert!(!c.push.enabled);
+    assert!(!c.push.content_preview);
+    assert_eq!(c.push.coalesce_window, Duration::from_secs(10));
+}
+
+#[test]
+fn push_validation_names_the_key() {
+    let check = |tweak: &dyn Fn(&mut Config)| {
+        let mut c = Config::default();
+        tweak(&mut c);
+        c.validate().unwrap_err().to_string()
+    };
+    let err = check(&|c| c.push.enabled = true);
+    assert!(err.contains("push.enabled"), "{err}");
+    let err = check(&|c| c.push.apns_key_id = Some("K".into()));
+    assert!(err.contains("push.apns_key_file"), "{err}");
+    let err = check(&|c| c.push.webhook_url = Some("http://plain".into()));
+    assert!(err.contains("push.webhook_url"), "{err}");
+    let err = check(&|c| c.push.fcm_endpoint = "ftp://x".into());
+    assert!(err.contains("push.fcm_endpoint"), "{err}");
+    let err = check(&|c| c.push.backoff_cap = Duration::from_millis(1));
+    assert!(err.contains("push.backoff_cap"), "{err}");
+    let err = check(&|c| c.push.concurrency = 0);
+    assert!(err.contains("push.concurrency"), "{err}");
+    let err = check(&|c| {
+        c.push.webhook_url = Some("https://example.com/hook".into());
+        c.push.webhook_secret_file = Some("/nonexistent/secret".into());
+    });
+    assert!(err.contains("push.webhook_secret_file"), "{err}");
+}
+
+#[test]
+fn push_keys_come_from_the_environment() {
+    let env = [
+        ("PIGEON_PUSH_ENABLED".to_string(), "true".to_string()),
+        ("PIGEON_PUSH_COALESCE_WINDOW".to_string(), "3s".to_string()),
+        ("PIGEON_PUSH_APNS_KEY_ID".to_string(), "ABC".to_string()),
+    ];
+    let c = Config::load(None, env).unwrap();
+    assert!(c.push.enabled);
+    assert_eq!(c.push.coalesce_window, Duration::from_secs(3));
+    assert_eq!(c.push.apns_key_id.as_deref(), Some("ABC"));
 }
