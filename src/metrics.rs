@@ -120,6 +120,18 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         header(out, name, help, "histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The series of one histogram of a labelled family (`labels` like
+    /// `provider="apns"`, or empty); the header is written once by the caller.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let mut cumulative = 0;
         for (i, bucket) in self.buckets.iter().enumerate() {
             cumulative += bucket.load(Ordering::Relaxed);
@@ -127,12 +139,140 @@ impl Histogram {
                 Some(bound) => format!("{bound}"),
                 None => "+Inf".to_owned(),
             };
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
         }
         let sum = f64::from_bits(self.sum.load(Ordering::Relaxed));
-        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_sum{braced} {sum}");
         // The count is the +Inf bucket, so the two always agree in one scrape.
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        let _ = writeln!(out, "{name}_count{braced} {cumulative}");
+    }
+}
+
+/// Push providers, as metric labels (the index is the push module's
+/// `Provider as usize`).
+pub const PUSH_PROVIDERS: [&str; 3] = ["apns", "fcm", "webhook"];
+/// Outcomes of a push attempt, as metric labels.
+pub const PUSH_OUTCOMES: [&str; 4] = ["delivered", "retry", "token_rejected", "failed"];
+/// Why a due push was not attempted, or was dropped without success.
+pub const PUSH_SKIPS: [&str; 4] = ["online", "unconfigured", "gave_up", "coalesced"];
+/// Seconds per provider request.
+const PUSH_LATENCY_BOUNDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Offline push: attempts by provider and outcome, skips, latency.
+#[derive(Debug)]
+pub struct PushMetrics {
+    attempts: [[Counter; PUSH_OUTCOMES.len()]; PUSH_PROVIDERS.len()],
+    skipped: [Counter; PUSH_SKIPS.len()],
+    latency: [Histogram; PUSH_PROVIDERS.len()],
+    /// Deliveries in flight now.
+    pub in_flight: Gauge,
+}
+
+impl Default for PushMetrics {
+    fn default() -> Self {
+        PushMetrics {
+            attempts: Default::default(),
+            skipped: Default::default(),
+            latency: std::array::from_fn(|_| Histogram::new(PUSH_LATENCY_BOUNDS)),
+            in_flight: Gauge::default(),
+        }
+    }
+}
+
+impl PushMetrics {
+    /// One attempt at `provider` (an index into [`PUSH_PROVIDERS`]) with
+    /// this outcome label, taking `seconds`. Unknown labels are not counted.
+    pub fn attempt(&self, provider: usize, outcome: &str, seconds: f64) {
+        let Some(o) = PUSH_OUTCOMES.iter().position(|x| *x == outcome) else {
+            return;
+        };
+        if let (Some(row), Some(latency)) =
+            (self.attempts.get(provider), self.latency.get(provider))
+        {
+            row[o].inc();
+            latency.observe(seconds);
+        }
+    }
+
+    /// Attempts counted for `provider` and `outcome` (labels).
+    pub fn attempts(&self, provider: &str, outcome: &str) -> u64 {
+        let p = PUSH_PROVIDERS.iter().position(|x| *x == provider);
+        let o = PUSH_OUTCOMES.iter().position(|x| *x == outcome);
+        match (p, o) {
+            (Some(p), Some(o)) => self.attempts[p][o].get(),
+            _ => 0,
+        }
+    }
+
+    /// Count a job not attempted (or dropped) for `reason`, one of [`PUSH_SKIPS`].
+    pub fn skip(&self, reason: &str) {
+        if let Some(i) = PUSH_SKIPS.iter().position(|x| *x == reason) {
+            self.skipped[i].inc();
+        }
+    }
+
+    /// Jobs skipped for `reason`.
+    pub fn skips(&self, reason: &str) -> u64 {
+        PUSH_SKIPS
+            .iter()
+            .position(|x| *x == reason)
+            .map_or(0, |i| self.skipped[i].get())
+    }
+
+    fn render(&self, o: &mut String) {
+        header(
+            o,
+            "pigeon_push_attempts_total",
+            "Push deliveries tried, by provider and outcome.",
+            "counter",
+        );
+        for (provider, row) in PUSH_PROVIDERS.iter().zip(&self.attempts) {
+            for (outcome, n) in PUSH_OUTCOMES.iter().zip(row) {
+                let _ = writeln!(
+                    o,
+                    "pigeon_push_attempts_total{{provider=\"{provider}\",outcome=\"{outcome}\"}} {}",
+                    n.get()
+                );
+            }
+        }
+        header(
+            o,
+            "pigeon_push_skipped_total",
+            "Due pushes not sent: device online, provider not configured, \
+             attempts exhausted, or deferred to keep one push per coalesce window.",
+            "counter",
+        );
+        for (reason, n) in PUSH_SKIPS.iter().zip(&self.skipped) {
+            let _ = writeln!(
+                o,
+                "pigeon_push_skipped_total{{reason=\"{reason}\"}} {}",
+                n.get()
+            );
+        }
+        gauge(
+            o,
+            "pigeon_push_in_flight",
+            "Push deliveries in flight.",
+            self.in_flight.get(),
+        );
+        header(
+            o,
+            "pigeon_push_latency_seconds",
+            "Seconds per push provider request, by provider.",
+            "histogram",
+        );
+        for (provider, h) in PUSH_PROVIDERS.iter().zip(&self.latency) {
+            h.render_series(
+                o,
+                "pigeon_push_latency_seconds",
+                &format!("provider=\"{provider}\""),
+            );
+        }
     }
 }
 
@@ -201,6 +341,8 @@ pub struct Metrics {
     pub batch_ops: Histogram,
     /// Seconds per store sync of a batch with sends.
     pub flush_seconds: Histogram,
+    /// Offline push.
+    pub push: PushMetrics,
     requests: [Counter; REQUEST_KINDS.len()],
     errors: [Counter; ERROR_SLOTS],
 }
@@ -218,6 +360,7 @@ impl Default for Metrics {
             bytes_out: Counter::default(),
             batch_ops: Histogram::new(BATCH_BOUNDS),
             flush_seconds: Histogram::new(FLUSH_BOUNDS),
+            push: PushMetrics::default(),
             requests: Default::default(),
             errors: std::array::from_fn(|_| Counter::default()),
         }
@@ -467,6 +610,7 @@ impl Metrics {
                 n as i64,
             );
         }
+        self.push.render(o);
         gauge(
             o,
             "pigeon_ready",

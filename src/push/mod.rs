@@ -113,3 +113,179 @@ pub trait Outbox: Send + Sync + 'static {
     /// or until the next retry time).
     fn wait_for_work(&self) -> impl Future<Output = ()> + Send;
 }
+
+pub mod apns;
+pub mod fcm;
+pub mod http;
+pub mod jwt;
+pub mod outcome;
+pub mod payload;
+pub mod webhook;
+pub mod worker;
+
+use std::sync::Arc;
+
+use crate::config::Push;
+use apns::{ApnsClient, ApnsSettings};
+use fcm::{FcmClient, FcmSettings, ServiceAccount};
+use http::{HttpsClient, Protocols};
+use outcome::Outcome;
+use payload::Notice;
+use webhook::WebhookClient;
+
+/// A push provider (also the index of its metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// Apple Push Notification service.
+    Apns = 0,
+    /// Firebase Cloud Messaging.
+    Fcm = 1,
+    /// The operator's webhook.
+    Webhook = 2,
+}
+
+/// A push setting that cannot be used, naming its config key.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {problem}")]
+pub struct SetupError {
+    /// The dotted config key.
+    pub key: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl From<SetupError> for crate::config::ConfigError {
+    fn from(e: SetupError) -> Self {
+        crate::config::ConfigError::Invalid {
+            key: e.key,
+            problem: e.problem,
+        }
+    }
+}
+
+/// The configured provider clients.
+#[derive(Default)]
+pub struct Providers {
+    /// APNs, if `push.apns_key_file` is set.
+    pub apns: Option<ApnsClient>,
+    /// FCM, if `push.fcm_service_account_file` is set.
+    pub fcm: Option<FcmClient>,
+    /// The webhook, if `push.webhook_url` is set.
+    pub webhook: Option<WebhookClient>,
+}
+
+impl Providers {
+    /// Read the key files and build a client for each configured provider.
+    pub fn from_config(push: &Push) -> Result<Providers, SetupError> {
+        let read = |key: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| SetupError {
+                key,
+                problem: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        let roots = if push.apns_configured() || push.fcm_configured() || push.webhook_configured()
+        {
+            let roots = http::roots(push.ca_file.as_deref()).map_err(|e| SetupError {
+                key: "push.ca_file",
+                problem: e.to_string(),
+            })?;
+            Arc::new(roots)
+        } else {
+            return Ok(Providers::default());
+        };
+        let mut providers = Providers::default();
+        if let (Some(file), Some(key_id), Some(team_id)) =
+            (&push.apns_key_file, &push.apns_key_id, &push.apns_team_id)
+        {
+            let settings = ApnsSettings {
+                key_pem: read("push.apns_key_file", file)?,
+                key_id: key_id.clone(),
+                team_id: team_id.clone(),
+                default_topic: push.apns_topic.clone(),
+                endpoint: push.apns_endpoint.clone(),
+                sandbox_endpoint: push.apns_sandbox_endpoint.clone(),
+                timeout: push.request_timeout,
+            };
+            let http = HttpsClient::new(roots.clone(), Protocols::H2Only);
+            providers.apns = Some(ApnsClient::new(settings, http)?);
+        }
+        if let Some(file) = &push.fcm_service_account_file {
+            let key = "push.fcm_service_account_file";
+            let text = read(key, file)?;
+            let account: ServiceAccount =
+                serde_json::from_slice(&text).map_err(|e| SetupError {
+                    key,
+                    problem: format!("not a service-account key file: {e}"),
+                })?;
+            let settings = FcmSettings {
+                account,
+                project_id: push.fcm_project_id.clone(),
+                endpoint: push.fcm_endpoint.clone(),
+                token_endpoint: push.fcm_token_endpoint.clone(),
+                timeout: push.request_timeout,
+            };
+            let http = HttpsClient::new(roots.clone(), Protocols::H2Only);
+            providers.fcm = Some(FcmClient::new(settings, http)?);
+        }
+        if let (Some(url), Some(file)) = (&push.webhook_url, &push.webhook_secret_file) {
+            let key = "push.webhook_secret_file";
+            let mut secret = read(key, file)?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            if secret.is_empty() {
+                return Err(SetupError {
+                    key,
+                    problem: format!("{} is empty", file.display()),
+                });
+            }
+            let http = HttpsClient::new(roots, Protocols::H2OrHttp1);
+            providers.webhook = Some(WebhookClient::new(
+                url.clone(),
+                &secret,
+                push.request_timeout,
+                http,
+            ));
+        }
+        Ok(providers)
+    }
+
+    /// The provider that serves `target`, if it is configured.
+    pub fn serving(&self, target: &PushTarget) -> Option<Provider> {
+        let provider = Provider::of(target);
+        let configured = match provider {
+            Provider::Apns => self.apns.is_some(),
+            Provider::Fcm => self.fcm.is_some(),
+            Provider::Webhook => self.webhook.is_some(),
+        };
+        configured.then_some(provider)
+    }
+
+    /// Try one delivery of `notice` for `job`.
+    pub async fn deliver(&self, job: &PushJob, notice: &Notice, now_ms: u64) -> Outcome {
+        let unconfigured = || Outcome::Failed {
+            reason: "provider not configured".to_owned(),
+        };
+        match &job.target {
+            PushTarget::Apns {
+                device_token,
+                topic,
+                sandbox,
+            } => match &self.apns {
+                Some(apns) => {
+                    apns.deliver(device_token, topic, *sandbox, notice, now_ms)
+                        .await
+                }
+                None => unconfigured(),
+            },
+            PushTarget::Fcm { registration_token } => match &self.fcm {
+                Some(fcm) => fcm.deliver(registration_token, notice, now_ms).await,
+                None => unconfigured(),
+            },
+            PushTarget::Webhook => match &self.webhook {
+                Some(webhook) => webhook.deliver(job, notice, now_ms).await,
+                None => unconfigured(),
+            },
+        }
+    }
+}
