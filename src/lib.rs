@@ -9,6 +9,9 @@
 //!          → session registry (who is online) → Notify out
 //! ```
 //!
+//! When push is on, a background worker (`push`) drains the outbox that
+//! the store writes with each message for offline devices.
+//!
 //! [`Server::open`] wires the modules together; it is the only place that
 //! knows them all. `main.rs` and the integration tests both go through it.
 
@@ -35,7 +38,11 @@ use config::Config;
 use gateway::limits::FailureLimiter;
 use gateway::Gateway;
 use metrics::Metrics;
-use service::{Accounts, CommitStats, Committer, CommitterThread, Messaging, MessagingRules};
+use push::Providers;
+use service::outbox::StoreOutbox;
+use service::{
+    Accounts, CommitStats, Committer, CommitterThread, Messaging, MessagingRules, PushSettings,
+};
 use session::{Notifier, SessionRegistry};
 use store::{SledStore, Store, StoreError};
 
@@ -83,6 +90,8 @@ pub struct Server {
     /// True while the public listener accepts (readiness).
     serving: Arc<AtomicBool>,
     admin: Option<admin::AdminServer>,
+    /// The push worker's outbox and provider clients, when push is on.
+    push: Option<(Arc<StoreOutbox>, Arc<Providers>)>,
 }
 
 /// Opens the store, with the power-loss test hook when the config asks.
@@ -111,12 +120,23 @@ impl Server {
         let registry = Arc::new(SessionRegistry::new(config.accounts.kick_policy));
         let notifier: Arc<dyn Notifier> = registry.clone();
         let metrics = Arc::new(Metrics::default());
+        // Provider keys are read now, so a bad key stops the start.
+        let providers = match config.push.enabled {
+            true => Some(Arc::new(
+                Providers::from_config(&config.push).map_err(config::ConfigError::from)?,
+            )),
+            false => None,
+        };
+        let push_settings = providers.as_ref().map(|_| PushSettings {
+            coalesce: config.push.coalesce_window,
+            wake: Arc::new(tokio::sync::Notify::new()),
+        });
         let (committer, committer_thread) = Committer::start(
             store.clone(),
-            notifier,
+            notifier.clone(),
             config.messaging.max_batch,
             metrics.clone(),
-            None,
+            push_settings.clone(),
         )
         .map_err(|source| ServerError::Store {
             dir: config.data_dir.display().to_string(),
@@ -132,7 +152,15 @@ impl Server {
             recall_window: m.recall_window,
             large_group_threshold: m.large_group_threshold,
             max_group_members: m.max_group_members,
-            push_preview: false,
+            push_preview: config.push.content_preview,
+        };
+        let push = match (providers, push_settings) {
+            (Some(providers), Some(settings)) => {
+                let outbox =
+                    StoreOutbox::new(store.clone(), committer.clone(), notifier, settings.wake);
+                Some((Arc::new(outbox), providers))
+            }
+            _ => None,
         };
         let messaging = Arc::new(Messaging::new(store.clone(), committer, rules));
         let a = &config.accounts;
@@ -171,6 +199,7 @@ impl Server {
             metrics,
             serving: Arc::new(AtomicBool::new(false)),
             admin: None,
+            push,
         })
     }
 
@@ -251,6 +280,17 @@ impl Server {
             self.config.messaging.dedupe_window,
             shutdown.clone(),
         ));
+        // The worker only reads the outbox and writes through the committer,
+        // so it never holds up the message path.
+        let pusher = self.push.take().map(|(outbox, providers)| {
+            tokio::spawn(push::worker::run(
+                outbox,
+                providers,
+                push::worker::WorkerSettings::from_config(&self.config.push),
+                self.metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         // Ready from here until shutdown begins (the admin's /readyz).
         self.serving.store(true, Ordering::Release);
         let serving = self.serving.clone();
@@ -272,6 +312,13 @@ impl Server {
         // The collector stops on the same token; a panic in it is a bug to log.
         if let Err(e) = collector.await {
             tracing::error!(error = %e, "the collector task failed");
+        }
+        // The worker records outcomes through the committer: stop it (it
+        // gives deliveries in flight push.request_timeout) before the writer.
+        if let Some(pusher) = pusher {
+            if let Err(e) = pusher.await {
+                tracing::error!(error = %e, "the push worker failed");
+            }
         }
         // The admin holds the message path too: stop it before the writer.
         if let Some(admin) = self.admin.take() {
