@@ -169,8 +169,7 @@ pub struct PushMetrics {
     attempts: [[Counter; PUSH_OUTCOMES.len()]; PUSH_PROVIDERS.len()],
     skipped: [Counter; PUSH_SKIPS.len()],
     latency: [Histogram; PUSH_PROVIDERS.len()],
-    /// Deliveries in flight now.
-    pub in_flight: Gauge,
+    in_flight: [Gauge; PUSH_PROVIDERS.len()],
 }
 
 impl Default for PushMetrics {
@@ -179,7 +178,7 @@ impl Default for PushMetrics {
             attempts: Default::default(),
             skipped: Default::default(),
             latency: std::array::from_fn(|_| Histogram::new(PUSH_LATENCY_BOUNDS)),
-            in_flight: Gauge::default(),
+            in_flight: Default::default(),
         }
     }
 }
@@ -197,6 +196,28 @@ impl PushMetrics {
             row[o].inc();
             latency.observe(seconds);
         }
+    }
+
+    /// A delivery to `provider` (an index into [`PUSH_PROVIDERS`]) started.
+    pub fn started(&self, provider: usize) {
+        if let Some(g) = self.in_flight.get(provider) {
+            g.inc();
+        }
+    }
+
+    /// A delivery to `provider` ended (however it ended).
+    pub fn ended(&self, provider: usize) {
+        if let Some(g) = self.in_flight.get(provider) {
+            g.dec();
+        }
+    }
+
+    /// Deliveries in flight to `provider` (a label).
+    pub fn in_flight(&self, provider: &str) -> i64 {
+        PUSH_PROVIDERS
+            .iter()
+            .position(|x| *x == provider)
+            .map_or(0, |p| self.in_flight[p].get())
     }
 
     /// Attempts counted for `provider` and `outcome` (labels).
@@ -254,12 +275,19 @@ impl PushMetrics {
                 n.get()
             );
         }
-        gauge(
+        header(
             o,
             "pigeon_push_in_flight",
-            "Push deliveries in flight.",
-            self.in_flight.get(),
+            "Push deliveries in flight, by provider.",
+            "gauge",
         );
+        for (provider, g) in PUSH_PROVIDERS.iter().zip(&self.in_flight) {
+            let _ = writeln!(
+                o,
+                "pigeon_push_in_flight{{provider=\"{provider}\"}} {}",
+                g.get()
+            );
+        }
         header(
             o,
             "pigeon_push_latency_seconds",

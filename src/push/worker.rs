@@ -263,7 +263,7 @@ impl State {
     ) {
         self.per_provider[provider as usize] += 1;
         self.in_flight.insert(key.clone());
-        shared.metrics.push.in_flight.inc();
+        shared.metrics.push.started(provider as usize);
         let task = deliver(shared.clone(), job, key.clone(), provider);
         let handle = self.tasks.spawn(task);
         self.task_keys.insert(handle.id(), (key, provider));
@@ -283,7 +283,7 @@ impl State {
         };
         self.per_provider[provider as usize] -= 1;
         self.in_flight.remove(&key);
-        shared.metrics.push.in_flight.dec();
+        shared.metrics.push.ended(provider as usize);
         let finished = match done {
             Ok((_, finished)) => finished,
             Err(error) => {
@@ -328,8 +328,8 @@ impl State {
             }
         }
         // Aborted tasks were not finished above.
-        for _ in self.task_keys.drain() {
-            shared.metrics.push.in_flight.dec();
+        for (_, (_, provider)) in self.task_keys.drain() {
+            shared.metrics.push.ended(provider as usize);
         }
     }
 }
