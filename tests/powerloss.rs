@@ -231,8 +231,6 @@ async fn run(durability: &str, default_cycles: u64) -> Outcome {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: pulls serve a batch before its fsync returns, and a cut then \
-            reuses its seqs (docs/reliability.md, Power loss, finding)"]
 async fn answered_messages_survive_power_loss_with_fsync_durability() {
     let outcome = run("fsync", 4).await;
     assert!(outcome.answered > 0, "no send was answered at all");

@@ -134,6 +134,8 @@ fn collect(user: UserId, active_since_ms: u64, retain_since_ms: u64, limit: usiz
 
 fn apply(store: &impl Store, ops: &[WriteOp]) -> Vec<WriteOutcome> {
     let outcomes = store.apply(ops).expect("apply");
+    // Pulls show what a sync made durable (see `Store::pull`).
+    store.sync().expect("sync");
     assert_eq!(outcomes.len(), ops.len(), "one outcome per op");
     outcomes
 }

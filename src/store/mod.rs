@@ -574,6 +574,13 @@ pub trait Store: Send + Sync + 'static {
     fn max_seq(&self, user: UserId) -> Result<Seq, StoreError>;
 
     /// Up to `limit` entries with seq > `after_seq`, with their bodies.
+    ///
+    /// Only entries a [`Store::sync`] has made durable are shown: the page
+    /// stops before the first entry of a batch not yet synced (with
+    /// `max_seq` just below it and `has_more` false), so a device never
+    /// moves its cursor past a message a crash could take back and whose
+    /// seq a later message would reuse. (With [`Durability::Buffered`],
+    /// which promises nothing, everything applied is shown.)
     fn pull(&self, user: UserId, after_seq: Seq, limit: usize) -> Result<Page, StoreError>;
 
     /// A group by id (dissolved groups too).
@@ -589,7 +596,8 @@ pub trait Store: Send + Sync + 'static {
     fn user_groups(&self, user: UserId) -> Result<Vec<GroupId>, StoreError>;
 
     /// Up to `limit` entries of a large group's timeline with seq in
-    /// (`after_seq`, `up_to`], with bodies.
+    /// (`after_seq`, `up_to`], with bodies; like [`Store::pull`], only what
+    /// a sync made durable.
     fn timeline(
         &self,
         group: GroupId,

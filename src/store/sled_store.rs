@@ -169,6 +169,12 @@ pub struct SledStore {
     /// Set by the first I/O error of a sled write or sync: sled 0.34 keeps
     /// failing after one, and its memory may hold writes the disk does not.
     failed: Mutex<Option<String>>,
+    /// The highest message id the last successful `sync` made durable (as
+    /// far as the durability setting goes). Pulls and timelines stop below
+    /// the first entry above it, so no device is shown, and moves its
+    /// cursor past, a message a crash or power cut could still take back
+    /// (and whose seq the next message would then reuse).
+    visible_msg_id: std::sync::atomic::AtomicU64,
     /// Taken shared by every write and exclusively by a backup.
     write_gate: RwLock<()>,
     /// See [`SledOptions::flush_every_ms`].
@@ -222,6 +228,8 @@ impl SledStore {
         // `flush` durability): make it durable before the manifest vouches.
         store.fsync()?;
         store.record_committed(true)?;
+        // Everything sled recovered is durable now.
+        store.reveal(store.msg_id_floor()?);
         Ok(store)
     }
 
@@ -260,6 +268,7 @@ impl SledStore {
             manifest,
             min_free_bytes: options.min_free_bytes,
             failed: Mutex::new(None),
+            visible_msg_id: std::sync::atomic::AtomicU64::new(0),
             write_gate: RwLock::new(()),
             flush_every_ms: options.flush_every_ms,
             powerloss: None,
@@ -369,6 +378,24 @@ impl SledStore {
         }
     }
 
+    /// Let pulls show messages up to `msg_id` (just made durable).
+    fn reveal(&self, msg_id: MsgId) {
+        self.visible_msg_id
+            .fetch_max(msg_id, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The highest message id a pull may show: everything with buffered
+    /// durability (which promises nothing), else what the last sync made
+    /// durable.
+    pub(crate) fn visible_msg_id(&self) -> MsgId {
+        match self.durability {
+            Durability::Buffered => MsgId::MAX,
+            _ => self
+                .visible_msg_id
+                .load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
+
     /// Refuses writes once sled has failed one (see `failed`).
     fn check_healthy(&self) -> Result<(), StoreError> {
         match self.failure() {
@@ -471,10 +498,15 @@ impl Store for SledStore {
             // must not claim it: the OS may write the manifest's page back
             // before sled's, and a power cut would then refuse a store
             // that lost only what `flush` may lose.
-            Durability::Flush => return self.track(self.db.flush().map(drop).map_err(from_sled)),
+            Durability::Flush => {
+                self.track(self.db.flush().map(drop).map_err(from_sled))?;
+                self.reveal(committed.msgid_floor);
+                return Ok(());
+            }
             Durability::Buffered => return Ok(()),
         }
         self.track(self.fsync())?;
+        self.reveal(committed.msgid_floor);
         self.track(self.manifest.record(committed, true))?;
         match &self.powerloss {
             Some(injector) => self.track(injector.snapshots.take()),
@@ -596,12 +628,26 @@ impl Store for SledStore {
         };
         let range = user_seq_key(user, first)..=user_seq_key(user, Seq::MAX);
         let mut entries = self.trees.userseq_msgid.range(range);
+        let visible = self.visible_msg_id();
         let mut messages = Vec::new();
         for item in entries.by_ref().take(limit) {
             let (key, value) = item.map_err(from_sled)?;
+            if decode_u64("queue entry", &value)? > visible {
+                // Not durable yet: the queue ends here for now (the notify
+                // after the sync brings the device back).
+                let seq = split_user_seq(&key)?.1;
+                return Ok(Page {
+                    messages,
+                    max_seq: seq - 1,
+                    has_more: false,
+                });
+            }
             messages.push(self.stored_message(&key, &value)?);
         }
-        let has_more = entries.next().transpose().map_err(from_sled)?.is_some();
+        let has_more = match entries.next().transpose().map_err(from_sled)? {
+            Some((_, value)) => decode_u64("queue entry", &value)? <= visible,
+            None => false,
+        };
         Ok(Page {
             messages,
             max_seq,
