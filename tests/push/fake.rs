@@ -4,6 +4,8 @@
 //! the answer (or none: a hang). Also the keys the providers sign with,
 //! and a checker for the JWTs they send.
 
+#![allow(dead_code)] // each test binary uses a different part
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
