@@ -537,3 +537,58 @@ async fn groups_survive_a_restart() {
     );
     server.stop().await;
 }
+
+/// Large groups' timelines give their space back: once every active
+/// member's timeline cursor is past an entry (and the retention period
+/// has passed), the background collector deletes it and its body.
+#[tokio::test]
+async fn timelines_are_collected_once_every_active_member_read_them() {
+    let server = TestServer::start(|c| {
+        c.messaging.large_group_threshold = 2;
+        c.messaging.history_retention = std::time::Duration::ZERO;
+        c.messaging.gc_interval = std::time::Duration::from_millis(50);
+    })
+    .await;
+    let users = bulk_users(&server, "gc", 3);
+    let mut clients = Vec::new();
+    for account in &users {
+        clients.push(token_login(&server, account).await);
+    }
+    let ids: Vec<u64> = users[1..].iter().map(|u| u.id).collect();
+    let g = create_group(&mut clients[0], "gc", &ids).await.group_id;
+    let mut top = 0;
+    for n in 0..5 {
+        top = group_send(&mut clients[0], g, &format!("m{n}"), "x")
+            .await
+            .conv_seq;
+    }
+    // Two of three members are done; the third still holds the timeline.
+    for client in &mut clients[..2] {
+        assert_eq!(chat_texts(&group_pull_all(client, g, 0).await).len(), 5);
+        group_pull_all(client, g, top).await;
+    }
+    let before = server.store.stats().unwrap();
+    assert!(before.bodies >= 6, "{before:?}");
+    // The last member reads up to the top too (and drains its inbox).
+    let last = &mut clients[2];
+    group_pull_all(last, g, 0).await;
+    group_pull_all(last, g, top).await;
+    for client in &mut clients {
+        let inbox = pull_all(client, 0).await;
+        let end = inbox.last().map_or(0, |m| m.seq);
+        client.ack(end).await;
+    }
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let stats = server.store.stats().unwrap();
+        if stats.bodies == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timeline was never collected: {stats:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}

@@ -17,6 +17,65 @@ use super::messaging::Messaging;
 
 /// Users fetched per step of the sweep.
 const USERS_PER_STEP: usize = 256;
+const GROUPS_PER_STEP: usize = 64;
+const TIMELINE_ENTRIES_PER_OP: usize = 10_000;
+
+/// Collect every large group's timeline up to the lowest position of its
+/// active members (a member's position is their timeline cursor or their
+/// join, whichever is later; a member silent for `device_inactive_after`
+/// does not hold it back), subject to the retention period. A dissolved
+/// group has no members left to wait for. Returns the groups visited.
+async fn collect_timelines(
+    messaging: &Messaging,
+    store: &Arc<dyn crate::store::Store>,
+) -> Result<u64, ServiceError> {
+    let mut visited = 0u64;
+    let mut after = 0;
+    loop {
+        let reader = store.clone();
+        let groups = tokio::task::spawn_blocking(move || {
+            reader.groups_with_timeline(after, GROUPS_PER_STEP)
+        })
+        .await
+        .map_err(|_| ServiceError::ShuttingDown)??;
+        let Some(&last) = groups.last() else { break };
+        visited += groups.len() as u64;
+        for group in groups {
+            let reader = store.clone();
+            let now = now_ms();
+            let (active_since, retain_since) = messaging.collect_cutoffs(now);
+            let up_to = tokio::task::spawn_blocking(move || {
+                let Some(record) = reader.group(group)? else {
+                    return Ok::<_, crate::store::StoreError>(None);
+                };
+                if record.dissolved {
+                    return Ok(Some(record.max_seq));
+                }
+                let lowest = reader
+                    .members(group)?
+                    .iter()
+                    .filter(|m| m.last_active_ms >= active_since)
+                    .map(|m| m.acked_seq.max(m.joined_seq))
+                    .min();
+                Ok(lowest)
+            })
+            .await
+            .map_err(|_| ServiceError::ShuttingDown)??;
+            let Some(up_to_seq) = up_to else { continue };
+            messaging
+                .committer()
+                .write(crate::store::WriteOp::CollectTimeline {
+                    group,
+                    up_to_seq,
+                    retain_since_ms: retain_since,
+                    limit: TIMELINE_ENTRIES_PER_OP,
+                })
+                .await?;
+        }
+        after = last;
+    }
+    Ok(visited)
+}
 /// Dedupe records scanned per step.
 const DEDUPE_PER_STEP: usize = 4096;
 
@@ -74,6 +133,7 @@ pub async fn sweep(
         }
         after = last;
     }
+    visited += collect_timelines(messaging, store).await?;
     let older_than = now_ms().saturating_sub(dedupe_window.as_millis() as u64);
     let mut expired = 0;
     let mut resume = None;

@@ -275,17 +275,25 @@ impl Messaging {
 
     /// The Collect op for one user under the configured rules.
     pub fn collect_op(&self, user: UserId, now: u64) -> WriteOp {
+        let (active_since_ms, retain_since_ms) = self.collect_cutoffs(now);
         WriteOp::Collect {
             user,
-            active_since_ms: now
-                .saturating_sub(self.rules.device_inactive_after.as_millis() as u64),
-            // An entry may go once it is `history_retention` old: with a
-            // retention of zero, everything up to this millisecond.
-            retain_since_ms: now
-                .saturating_sub(self.rules.history_retention.as_millis() as u64)
-                .saturating_add(1),
+            active_since_ms,
+            retain_since_ms,
             limit: COLLECT_LIMIT,
         }
+    }
+
+    /// (active since, retain since) at `now`: devices and members silent
+    /// since before the first hold nothing back; entries made at or after
+    /// the second stay. An entry may go once it is `history_retention`
+    /// old: with a retention of zero, everything up to this millisecond.
+    pub fn collect_cutoffs(&self, now: u64) -> (u64, u64) {
+        (
+            now.saturating_sub(self.rules.device_inactive_after.as_millis() as u64),
+            now.saturating_sub(self.rules.history_retention.as_millis() as u64)
+                .saturating_add(1),
+        )
     }
 
     /// The push preview of a message: only when the operator turned

@@ -319,6 +319,21 @@ pub enum WriteOp {
         /// The token the provider refused.
         token: String,
     },
+    /// Garbage-collect a large group's timeline: delete entries at or
+    /// below `up_to_seq` (the lowest read position of its active members,
+    /// worked out by the service) whose message is older than
+    /// `retain_since_ms`; drop a body when its last reference goes. At
+    /// most `limit` entries per op.
+    CollectTimeline {
+        /// The group.
+        group: GroupId,
+        /// No entry above this goes.
+        up_to_seq: Seq,
+        /// Entries whose message is this recent (ms) or newer are kept.
+        retain_since_ms: u64,
+        /// Upper bound on entries deleted by this op.
+        limit: usize,
+    },
     /// Garbage-collect the user's queue: delete entries at or below the
     /// lowest `acked_seq` of the devices active since `active_since_ms`
     /// (no active device: nothing is deleted) whose message is older than
@@ -366,6 +381,7 @@ impl WriteOp {
                 | WriteOp::Ack { .. }
                 | WriteOp::Collect { .. }
                 | WriteOp::TimelineAck { .. }
+                | WriteOp::CollectTimeline { .. }
                 | WriteOp::PushRetry { .. }
         )
     }
@@ -642,6 +658,14 @@ pub trait Store: Send + Sync + 'static {
     /// Users that have at least one queue entry, starting after `after`,
     /// at most `limit` of them (for the background collector's sweep).
     fn users_with_entries(&self, after: UserId, limit: usize) -> Result<Vec<UserId>, StoreError>;
+
+    /// Groups that have timeline entries, starting after `after`, at most
+    /// `limit` of them (for the background collector's sweep).
+    fn groups_with_timeline(
+        &self,
+        after: GroupId,
+        limit: usize,
+    ) -> Result<Vec<GroupId>, StoreError>;
 
     /// Counters for operators and tests.
     fn stats(&self) -> Result<StoreStats, StoreError>;

@@ -778,6 +778,33 @@ impl Store for SledStore {
         Ok(users)
     }
 
+    fn groups_with_timeline(
+        &self,
+        after: GroupId,
+        limit: usize,
+    ) -> Result<Vec<GroupId>, StoreError> {
+        let mut groups = Vec::new();
+        let mut next = after.checked_add(1);
+        while let Some(candidate) = next {
+            if groups.len() >= limit {
+                break;
+            }
+            let Some(item) = self
+                .trees
+                .groupseq_msgid
+                .range(user_seq_key(candidate, 0)..)
+                .next()
+            else {
+                break;
+            };
+            let (key, _) = item.map_err(from_sled)?;
+            let (group, _) = split_user_seq(&key)?;
+            groups.push(group);
+            next = group.checked_add(1);
+        }
+        Ok(groups)
+    }
+
     fn stats(&self) -> Result<StoreStats, StoreError> {
         // `len` walks the tree: fine for operators and tests, not a hot path.
         Ok(StoreStats {

@@ -156,6 +156,7 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
     }
     let scans = scan_for_collect(trees, ops)?;
     let group_scans = social::scan_groups(trees, ops)?;
+    let timeline_scans = social::scan_timelines(trees, ops)?;
     let trees = (
         &trees.meta,
         &trees.userdevice_device,
@@ -205,6 +206,7 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
                 push_jobs,
                 scans: &scans,
                 group_scans: &group_scans,
+                timeline_scans: &timeline_scans,
                 member_sets: HashMap::new(),
                 max_seqs: HashMap::new(),
                 raised: BTreeSet::new(),
@@ -243,6 +245,8 @@ struct Batch<'a> {
     /// Current members of the groups the batch fans out to, as scanned
     /// before the transaction (see `social::scan_groups`).
     group_scans: &'a HashMap<GroupId, Vec<UserId>>,
+    /// The timeline seqs each CollectTimeline may delete, scanned before.
+    timeline_scans: &'a HashMap<GroupId, Vec<Seq>>,
     /// Current members as this batch changed them.
     member_sets: HashMap<GroupId, BTreeSet<UserId>>,
     /// Max seq per user as of the current op.
@@ -366,6 +370,12 @@ impl Batch<'_> {
                 seq,
                 now_ms,
             } => self.timeline_ack(*user, *group, *seq, *now_ms),
+            WriteOp::CollectTimeline {
+                group,
+                up_to_seq,
+                retain_since_ms,
+                limit,
+            } => self.collect_timeline(*group, *up_to_seq, *retain_since_ms, *limit),
             WriteOp::ForgetDevice { user, device_id } => {
                 let key = user_str_key(*user, device_id);
                 let existed = self.devices.remove(&key[..])?.is_some();
@@ -636,7 +646,7 @@ impl Batch<'_> {
     }
 
     /// Drops one reference to a body; true if that was the last one.
-    fn release_body(&mut self, msg_id: MsgId) -> TxResult<bool> {
+    pub(super) fn release_body(&mut self, msg_id: MsgId) -> TxResult<bool> {
         let key = u64_key(msg_id);
         let Some(raw) = self.bodies.get(key)? else {
             return Err(corrupt(format!(

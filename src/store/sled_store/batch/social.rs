@@ -76,6 +76,34 @@ pub(super) fn scan_groups(
         .collect()
 }
 
+/// The oldest timeline seqs each CollectTimeline of the batch may delete
+/// (up to its bound and limit), read before the transaction.
+pub(super) fn scan_timelines(
+    trees: &Trees,
+    ops: &[WriteOp],
+) -> Result<HashMap<GroupId, Vec<Seq>>, StoreError> {
+    let mut scans = HashMap::new();
+    for op in ops {
+        let WriteOp::CollectTimeline {
+            group,
+            up_to_seq,
+            limit,
+            ..
+        } = op
+        else {
+            continue;
+        };
+        let range = pair_key(*group, 0)..=pair_key(*group, *up_to_seq);
+        let mut seqs = Vec::new();
+        for item in trees.groupseq_msgid.range(range).take(*limit) {
+            let (key, _) = item.map_err(from_sled)?;
+            seqs.push(crate::store::records::split_pair(&key)?.1);
+        }
+        scans.insert(*group, seqs);
+    }
+    Ok(scans)
+}
+
 fn is_small(trees: &Trees, group: GroupId) -> Result<bool, StoreError> {
     match trees.groupid_group.get(u64_key(group)).map_err(from_sled)? {
         Some(raw) => Ok(!decode::<GroupValue>("group", &raw)?.large),
@@ -763,6 +791,36 @@ impl Batch<'_> {
         Ok(WriteOutcome::Recalled {
             queued: appended.queued,
             timeline: appended.timeline,
+        })
+    }
+
+    pub(super) fn collect_timeline(
+        &mut self,
+        group: GroupId,
+        up_to_seq: Seq,
+        retain_since_ms: u64,
+        limit: usize,
+    ) -> TxResult<WriteOutcome> {
+        let (mut entries, mut bodies) = (0u64, 0u64);
+        let seqs = self.timeline_scans.get(&group).cloned().unwrap_or_default();
+        for seq in seqs.into_iter().filter(|s| *s <= up_to_seq) {
+            let key = pair_key(group, seq);
+            let Some(raw) = self.timeline.get(key)? else {
+                continue;
+            };
+            let msg_id = tx(decode_u64("timeline entry", &raw))?;
+            // Ids grow with seq: everything after this is recent too.
+            if msg_id_time_ms(msg_id) >= retain_since_ms || entries as usize == limit {
+                break;
+            }
+            self.timeline.remove(&key[..])?;
+            entries += 1;
+            bodies += u64::from(self.release_body(msg_id)?);
+        }
+        Ok(WriteOutcome::Collected {
+            entries,
+            bodies,
+            more: false,
         })
     }
 
