@@ -7,8 +7,10 @@
 //!   buffered durability, so the flush's share is visible;
 //! - `store/pull_ack_collect`: pull 100 queued entries, ack them, collect
 //!   them (entries and bodies deleted), sync.
-//!
-//! Group fan-out is not here: pigeon has no groups yet.
+//! - `store/group_send`: one group message applied and synced, for small
+//!   groups of 10, 100 and 500 members (one queue entry per member) and
+//!   large groups of 10, 1,000 and 10,000 members (one timeline entry
+//!   whatever the size): the fan-out cost per member, and its absence.
 //!
 //! ```text
 //! cargo bench --bench micro
@@ -25,7 +27,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use pigeon_protocol::pb;
 use pigeon_protocol::{Body, Codec, Envelope};
 use pigeon_server::store::{
-    Durability, NewMessage, SledStore, Store, WriteOp, MSG_ID_COUNTER_BITS,
+    Durability, NewMessage, SledStore, Store, WriteOp, WriteOutcome, MSG_ID_COUNTER_BITS,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -236,5 +238,71 @@ fn pull_ack_collect(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, append, pull_ack_collect);
+/// A store with `members` users in one group owned by the first.
+fn group_store(members: usize, large: bool) -> (tempfile::TempDir, SledStore, u64, u64) {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let store = SledStore::open(dir.path(), Durability::Fsync).expect("the store opens");
+    let ids: Vec<u64> = (0..members)
+        .map(|i| {
+            store
+                .create_user(&format!("m{i}"), "x", now_ms())
+                .expect("created")
+                .expect("new")
+                .id
+        })
+        .collect();
+    let threshold = if large { 1 } else { members as u32 };
+    let msg_ids = Ids(Cell::new(0));
+    let created = store
+        .apply(&[WriteOp::CreateGroup {
+            owner: ids[0],
+            name: "bench".into(),
+            members: ids.clone(),
+            large_threshold: threshold,
+            max_members: 100_000,
+            now_ms: now_ms(),
+            msg_id: msg_ids.next(),
+        }])
+        .expect("group created");
+    let group = match &created[0] {
+        WriteOutcome::GroupChanged { group, .. } => *group,
+        other => panic!("create group: {other:?}"),
+    };
+    store.sync().expect("synced");
+    (dir, store, ids[0], group)
+}
+
+fn group_send(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store/group_send");
+    group.measurement_time(Duration::from_secs(5));
+    group.sample_size(20);
+    for (kind, large, sizes) in [
+        ("small", false, &[10usize, 100, 500][..]),
+        ("large", true, &[10usize, 1_000, 10_000][..]),
+    ] {
+        for &members in sizes {
+            let (_dir, store, owner, group_id) = group_store(members, large);
+            let ids = Ids(Cell::new(0));
+            group.bench_function(BenchmarkId::new(kind, members), |b| {
+                b.iter_batched(
+                    || {
+                        let mut op = send_op(&ids, owner, 0);
+                        if let WriteOp::Send { message, .. } = &mut op {
+                            message.group = group_id;
+                        }
+                        op
+                    },
+                    |op| {
+                        store.apply(&[op]).expect("applied");
+                        store.sync().expect("synced");
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, codec, append, pull_ack_collect, group_send);
 criterion_main!(benches);
