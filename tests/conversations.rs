@@ -440,3 +440,31 @@ async fn a_device_sees_what_its_user_sent_from_another_device() {
         .all(|m| m.from_device_id == "phone" || m.group_event.is_some()));
     server.stop().await;
 }
+
+/// A device that never acknowledges holds its user's queue back, until
+/// the user revokes it from another device: then the next ack collects.
+#[tokio::test]
+async fn a_revoked_device_no_longer_holds_back_collection() {
+    let server =
+        TestServer::start(|c| c.messaging.history_retention = std::time::Duration::ZERO).await;
+    let mut laptop = server.raw().await;
+    let ann = laptop.register("ann").await;
+    laptop.login("ann", "laptop", Platform::Desktop).await;
+    let mut phone = server.raw().await;
+    phone.login("ann", "phone", Platform::Android).await;
+    let (mut bob, _) = server.user("bob", "web").await;
+    bob.send_ok("ann", "b1", "one").await;
+    bob.send_ok("ann", "b2", "two").await;
+    let seen = pull_all(&mut laptop, 0).await;
+    assert_eq!(chat_texts(&seen), ["one", "two"]);
+    laptop.ack(seen.last().unwrap().seq).await;
+    let queued = |server: &TestServer| server.store.pull(ann, 0, 10).unwrap().messages.len();
+    assert_eq!(queued(&server), 2, "the phone has not acknowledged them");
+    let revoke = Body::RevokeDevice(pb::RevokeDeviceRequest {
+        device_id: "phone".into(),
+    });
+    assert!(matches!(laptop.request(revoke).await, Body::DeviceRevoked(_)));
+    laptop.ack(seen.last().unwrap().seq).await;
+    assert_eq!(queued(&server), 0, "collected once the phone is gone");
+    server.stop().await;
+}
