@@ -11,13 +11,15 @@
 //!
 //! The contract with the store side:
 //!
-//! - A new job is written due at once (`not_before_ms` = now) and a
-//!   coalesced update (a newer message for a device that already has a
-//!   pending job) keeps the pending job's `not_before_ms` and `attempts`,
-//!   raises `badge`/`max_seq` and bumps `generation`.
-//! - The worker spaces pushes to one device at least `push.coalesce_window`
-//!   apart by deferring (with [`Outbox::retry`], attempts unchanged) a job
-//!   that comes due sooner than that after the device's last push.
+//! - A new job is due at once, or when the device's coalesce window
+//!   (`push.coalesce_window` after its last push) ends; a coalesced update
+//!   (a newer message for a device that already has a pending job) keeps
+//!   the pending job's `not_before_ms` and `attempts`, raises
+//!   `badge`/`max_seq` and bumps `generation`.
+//! - The worker also spaces the pushes it sent itself at least
+//!   `push.coalesce_window` apart, deferring (with [`Outbox::retry`],
+//!   attempts unchanged) a job that comes due sooner than that, so an
+//!   outbox that does not track push times still coalesces.
 //! - A job is deleted only by [`Outbox::done`] (provider accepted it, the
 //!   device is online, or the provider refused it for a reason other than
 //!   the token) or [`Outbox::token_rejected`]; both leave a newer

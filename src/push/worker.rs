@@ -5,8 +5,8 @@
 //! It sleeps until the outbox says a job was written, a retry it scheduled
 //! comes due, a delivery finishes, or `push.poll_interval` passes (which
 //! catches retries scheduled by an earlier process). Time comes from
-//! tokio's clock anchored to the wall clock at start, so tests can pause
-//! and advance it.
+//! tokio's monotonic clock anchored to the wall clock at start, so a wall
+//! clock step does not make the worker spin or stall.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
