@@ -7,10 +7,10 @@
 //! most 8 TLS 1.3 tickets per server name, so one store shared by 19,000
 //! clients of "localhost" would let only the last 8 of them resume.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,7 +126,11 @@ impl Dialer {
         self.handshake(connector, addr).await
     }
 
-    async fn handshake(&self, connector: TlsConnector, addr: SocketAddr) -> Result<(Tls, Handshake)> {
+    async fn handshake(
+        &self,
+        connector: TlsConnector,
+        addr: SocketAddr,
+    ) -> Result<(Tls, Handshake)> {
         if !addr.ip().is_loopback() {
             bail!("{addr} is not a loopback address: the bench only targets this machine");
         }

@@ -35,6 +35,9 @@ const DEVICE: &str = "bench";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Entries per pull (the server's maximum by default).
 const PULL_LIMIT: u32 = 1000;
+/// How often a sending connection that waits for answers sends a Ping
+/// (pigeond's default heartbeat interval).
+const SENDER_HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// A connection speaking frames.
 pub type Frames = Framed<Tls, Codec>;
@@ -309,12 +312,33 @@ impl Sender {
         }
     }
 
+    /// Send a Ping (its Pong is ignored by the reader): a connection that
+    /// waits for answers sends nothing else, and pigeond closes one that is
+    /// silent for `timeouts.idle`, as the protocol says.
+    async fn ping(&mut self) -> Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let ping = Body::Ping(pb::Ping { client_time_ms: 0 });
+        timeout(REQUEST_TIMEOUT, self.sink.send(Envelope::new(id, ping)))
+            .await
+            .map_err(|_| anyhow!("ping write timed out"))??;
+        Ok(())
+    }
+
     /// Send `content` to user `to` once the window has room.
     pub async fn send(&mut self, to: u64, content: Bytes) -> Result<()> {
-        let permit = timeout(REQUEST_TIMEOUT, self.window.acquire())
-            .await
-            .map_err(|_| anyhow!("no send answer in {REQUEST_TIMEOUT:?}"))?
-            .expect("the window semaphore is never closed");
+        let started = Instant::now();
+        // Bounded by REQUEST_TIMEOUT; heartbeats while the window is full.
+        let window = self.window.clone();
+        let permit = loop {
+            match timeout(SENDER_HEARTBEAT, window.acquire()).await {
+                Ok(permit) => break permit.expect("the window semaphore is never closed"),
+                Err(_) if started.elapsed() >= REQUEST_TIMEOUT => {
+                    bail!("no send answer in {REQUEST_TIMEOUT:?}")
+                }
+                Err(_) => self.ping().await?,
+            }
+        };
         // The reader gives the permit back when the answer comes.
         permit.forget();
         let id = self.next_id;
@@ -335,8 +359,17 @@ impl Sender {
     }
 
     /// Wait (until `deadline`) for every answer; returns (answered, refused).
-    pub async fn finish(self, deadline: Instant) -> Result<(u64, u64)> {
-        let all = timeout_at(deadline.into(), self.window.acquire_many(self.window_size)).await;
+    pub async fn finish(mut self, deadline: Instant) -> Result<(u64, u64)> {
+        // Bounded by the deadline; heartbeats while answers are owed.
+        let all = loop {
+            let beat = (Instant::now() + SENDER_HEARTBEAT).min(deadline);
+            let window = self.window.clone();
+            match timeout_at(beat.into(), window.acquire_many_owned(self.window_size)).await {
+                Ok(all) => break Ok(all),
+                Err(e) if Instant::now() >= deadline => break Err(e),
+                Err(_) => self.ping().await?,
+            }
+        };
         self.stop.cancel();
         let read = self.reader.await?;
         let answered = self.counters.answered.load(Ordering::Relaxed);

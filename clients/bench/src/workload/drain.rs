@@ -47,6 +47,12 @@ async fn run(ctx: &Ctx, side: Side, args: &DrainArgs) -> Result<Figures> {
         (Vec::new(), vec![Default::default(); args.users])
     };
     reset_receivers(ctx, side, &receivers).await?;
+    let receivers = if side == Side::Pigeon {
+        // A reset on a fresh data dir re-registers: take the new user ids.
+        ctx.accounts("bpr", args.users, &mut f).await?
+    } else {
+        receivers
+    };
 
     // Queue: every sender sends per_user messages to its offline receiver.
     let queueing = Instant::now();

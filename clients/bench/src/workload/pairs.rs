@@ -60,6 +60,12 @@ pub async fn run(ctx: &Ctx, side: Side, args: &PairArgs, rate: Option<f64>) -> R
         (Vec::new(), vec![Default::default(); args.pairs])
     };
     reset_receivers(ctx, side, &receivers).await?;
+    let receivers = if side == Side::Pigeon {
+        // A reset on a fresh data dir re-registers: take the new user ids.
+        ctx.accounts(RECEIVERS, args.pairs, &mut f).await?
+    } else {
+        receivers
+    };
     let connecting = Instant::now();
     let window = if rate.is_some() {
         args.window.max(1024)

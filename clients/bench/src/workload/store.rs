@@ -43,6 +43,9 @@ pub async fn store(ctx: &Ctx, args: &StoreArgs) -> Result<Outcome> {
     eprintln!("[store] emptying queues");
     reset_receivers(ctx, Side::Pigeon, &receivers).await?;
     reset_receivers(ctx, Side::Pigeon, &senders).await?;
+    // A reset on a fresh data dir re-registers: take the new user ids.
+    let senders = ctx.accounts("bps", args.users, &mut f).await?;
+    let receivers = ctx.accounts("bpr", args.users, &mut f).await?;
     tokio::time::sleep(settle).await;
     let before = sys::disk_usage(&args.data_dir)?;
 

@@ -220,10 +220,8 @@ fn spawn_open(
 /// A pseudo-random number per (client, attempt): full jitter without a
 /// random number crate.
 fn jitter(name: &str, attempt: u32) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    (name, attempt).hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one((name, attempt))
 }
 
 /// Queue `per_client` messages for every client, from up to 1,000 `bps`
