@@ -711,6 +711,32 @@ mod tests {
     }
 
     #[test]
+    fn push_series_carry_provider_and_outcome_labels() {
+        let m = Metrics::default();
+        m.push.attempt(0, "delivered", 0.02);
+        m.push.attempt(1, "retry", 3.0);
+        m.push.attempt(7, "delivered", 1.0); // no such provider: ignored
+        m.push.attempt(0, "exploded", 1.0); // no such outcome: ignored
+        m.push.skip("online");
+        m.push.started(2);
+        let text = m.render(&Scrape::default());
+        assert!(text
+            .contains("pigeon_push_attempts_total{provider=\"apns\",outcome=\"delivered\"} 1\n"));
+        assert!(text.contains("pigeon_push_attempts_total{provider=\"fcm\",outcome=\"retry\"} 1\n"));
+        assert!(text.contains("pigeon_push_skipped_total{reason=\"online\"} 1\n"));
+        assert!(text.contains("pigeon_push_in_flight{provider=\"webhook\"} 1\n"));
+        assert!(
+            text.contains("pigeon_push_latency_seconds_bucket{provider=\"apns\",le=\"0.025\"} 1\n")
+        );
+        assert!(text.contains("pigeon_push_latency_seconds_count{provider=\"fcm\"} 1\n"));
+        assert_eq!(
+            text.matches("# TYPE pigeon_push_latency_seconds ").count(),
+            1
+        );
+        assert!(!text.contains("exploded"));
+    }
+
+    #[test]
     fn labels_stay_bounded() {
         let m = Metrics::default();
         m.request("send");
