@@ -219,3 +219,35 @@ async fn a_restart_during_backoff_still_delivers_the_push_once() {
     x.answer(200, "");
     drop(server.stop().await);
 }
+
+#[tokio::test]
+async fn a_token_apns_calls_unregistered_is_removed_with_its_job() {
+    let mut p = Providers::start().await;
+    let server = start(&p).await;
+    let (mut bob, bob_login) = server.user("bob", "phone").await;
+    set_token(&mut bob, apns_token()).await;
+    drop(bob);
+    let server = server.restart().await;
+    assert_eq!(
+        server.store.push_devices(bob_login.user_id).unwrap(),
+        vec!["phone".to_owned()]
+    );
+    let (mut alice, _) = server.user("alice", "laptop").await;
+    alice.send_ok("bob", "m1", "hello").await;
+    let x = p.apns.next().await;
+    x.answer(
+        410,
+        r#"{"reason":"Unregistered","timestamp":1764151200000}"#,
+    );
+    drop(alice);
+    // Stopping waits for the worker to record the outcome.
+    let server = server.restart().await;
+    assert!(server
+        .store
+        .push_devices(bob_login.user_id)
+        .unwrap()
+        .is_empty());
+    let (jobs, next) = server.store.due_push_jobs(u64::MAX, 10).unwrap();
+    assert!(jobs.is_empty() && next.is_none(), "the job went too");
+    drop(server.stop().await);
+}
