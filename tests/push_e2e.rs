@@ -26,9 +26,12 @@ const DEVICE_TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123
 const TOPIC: &str = "com.example.chat";
 const SECRET: &str = "e2e webhook secret";
 
-/// Fake APNs and webhook, and the key files pigeond reads.
+/// Fake APNs, FCM (token and send endpoints) and webhook, and the key
+/// files pigeond reads.
 struct Providers {
     apns: FakeServer,
+    fcm: FakeServer,
+    oauth: FakeServer,
     webhook: FakeServer,
     dir: tempfile::TempDir,
 }
@@ -36,12 +39,30 @@ struct Providers {
 impl Providers {
     async fn start() -> Providers {
         let apns = FakeServer::start(Offer::H2).await;
+        let fcm = FakeServer::start(Offer::H2).await;
+        let oauth = FakeServer::start(Offer::H2).await;
         let webhook = FakeServer::start(Offer::H2).await;
         let dir = tempfile::tempdir().unwrap();
         let (p8, _public) = fake::apns_key();
         std::fs::write(dir.path().join("apns.p8"), p8).unwrap();
         std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-        Providers { apns, webhook, dir }
+        let (key, _public) = fake::service_account_key();
+        let account = json!({
+            "type": "service_account",
+            "project_id": "pigeon-e2e",
+            "private_key_id": "k1",
+            "private_key": key,
+            "client_email": "pusher@pigeon-e2e.iam.gserviceaccount.com",
+            "token_uri": format!("{}/token", oauth.url()),
+        });
+        std::fs::write(dir.path().join("sa.json"), account.to_string()).unwrap();
+        Providers {
+            apns,
+            fcm,
+            oauth,
+            webhook,
+            dir,
+        }
     }
 
     fn config(&self) -> Push {
@@ -53,6 +74,8 @@ impl Providers {
             apns_team_id: Some("TEAMID6789".into()),
             apns_endpoint: self.apns.url(),
             apns_sandbox_endpoint: self.apns.url(),
+            fcm_service_account_file: Some(self.dir.path().join("sa.json")),
+            fcm_endpoint: self.fcm.url(),
             webhook_url: Some(format!("{}/hook", self.webhook.url())),
             webhook_secret_file: Some(self.dir.path().join("secret")),
             coalesce_window: Duration::from_millis(500),
@@ -249,5 +272,48 @@ async fn a_token_apns_calls_unregistered_is_removed_with_its_job() {
         .is_empty());
     let (jobs, next) = server.store.due_push_jobs(u64::MAX, 10).unwrap();
     assert!(jobs.is_empty() && next.is_none(), "the job went too");
+    drop(server.stop().await);
+}
+
+#[tokio::test]
+async fn an_fcm_device_is_pushed_through_an_exchanged_access_token() {
+    let mut p = Providers::start().await;
+    let server = start(&p).await;
+    let mut bob = server.raw().await;
+    bob.register("bob").await;
+    bob.login("bob", "pixel", Platform::Android).await;
+    set_token(
+        &mut bob,
+        Body::PushToken(pb::PushTokenRequest {
+            provider: pb::PushProvider::Fcm as i32,
+            token: "fcm-registration-token".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    drop(bob);
+    let server = server.restart().await;
+    let (mut alice, alice_login) = server.user("alice", "laptop").await;
+    alice.send_ok("bob", "m1", "hello").await;
+
+    let x = p.oauth.next().await;
+    assert_eq!(x.seen.path, "/token");
+    x.answer(
+        200,
+        &json!({ "access_token": "ya29.e2e", "expires_in": 3600 }).to_string(),
+    );
+    let x = p.fcm.next().await;
+    assert_eq!(x.seen.path, "/v1/projects/pigeon-e2e/messages:send");
+    assert_eq!(x.seen.header("authorization"), "Bearer ya29.e2e");
+    let m = &x.seen.json()["message"];
+    assert_eq!(m["token"], "fcm-registration-token");
+    let peer = alice_login.user_id.to_string();
+    assert_eq!(
+        m["data"],
+        json!({ "peer_user_id": peer, "max_seq": "1", "badge": "1" })
+    );
+    assert_eq!(m["android"]["collapse_key"], format!("p{peer}"));
+    assert!(m["notification"].get("body").is_none(), "no content");
+    x.answer(200, r#"{"name":"projects/pigeon-e2e/messages/1"}"#);
     drop(server.stop().await);
 }
