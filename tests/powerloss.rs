@@ -1,6 +1,6 @@
-//! Power-loss test: the crash test's clients and checker (`tests/chaos.rs`)
-//! against a real pigeond whose data directory, at every SIGKILL, loses
-//! every write that was not fsynced.
+//! Power-loss test: the crash test's clients (1:1 and small-group sends)
+//! and checker (`tests/chaos.rs`) against a real pigeond whose data
+//! directory, at every SIGKILL, loses every write that was not fsynced.
 //!
 //! pigeond runs with the test-only `PIGEON_TEST_POWERLOSS_SNAPSHOT=DIR`
 //! (src/store/sled_store/powerloss.rs): after each of its fsyncs, before
@@ -10,7 +10,8 @@
 //! kills one during start-up and cuts the power again.
 //!
 //! With `durability = "fsync"` (the default) the checker must find nothing
-//! lost, unexpected, reordered, duplicated, and no seq gap or rewind. With
+//! lost, unexpected, reordered, duplicated, and no seq gap or rewind (in
+//! queues or in the group's stream). With
 //! `durability = "flush"` a send is answered before any fsync, and the test
 //! asserts that the cuts do lose answered sends: the injector can fail a
 //! test.
@@ -186,14 +187,15 @@ async fn run(durability: &str, default_cycles: u64) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed);
     let disk = Disk::new();
 
-    // Users are registered with fsync durability whatever the run tests,
-    // so that a cut never loses an account (the sdk would stop for good).
+    // Users and their group are made with fsync durability whatever the
+    // run tests, so that a cut never loses an account (the sdk would stop
+    // for good) or the group.
     let server = disk.start("fsync").await;
     let names: Vec<String> = (0..USERS).map(|i| format!("user{i}")).collect();
-    users::register(disk.addr, &names).await;
+    let (group, group_id) = users::set_up(disk.addr, &names).await;
     disk.cut_power(server).await;
     let mut server = disk.start(durability).await;
-    let swarm = Swarm::start(disk.addr, &names);
+    let swarm = Swarm::start(disk.addr, &names, group_id);
 
     for cycle in 0..cycles {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
@@ -209,7 +211,7 @@ async fn run(durability: &str, default_cycles: u64) -> Outcome {
 
     let logs = swarm.finish(disk.addr).await;
     server.kill().await;
-    let report = checker::check(&logs);
+    let report = checker::check(&logs, &[group]);
     if !report.is_clean() {
         if let Ok(path) = std::env::var("PIGEON_POWERLOSS_DUMP") {
             fs::write(path, format!("{logs:#?}")).unwrap();
@@ -224,7 +226,7 @@ async fn run(durability: &str, default_cycles: u64) -> Outcome {
     };
     eprintln!(
         "powerloss ({durability}): seed {seed}, {cycles} cycles, {} answered, {} unknown: \
-         {:?}; {:?}",
+         {:#?}; {:?}",
         outcome.answered, outcome.unknown, outcome.report, outcome.dropped
     );
     outcome
@@ -233,7 +235,11 @@ async fn run(durability: &str, default_cycles: u64) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_messages_survive_power_loss_with_fsync_durability() {
     let outcome = run("fsync", 4).await;
-    assert!(outcome.answered > 0, "no send was answered at all");
+    assert!(
+        outcome.report.direct.answered > 0 && outcome.report.group.answered > 0,
+        "no 1:1 or no group send was answered at all: {:?}",
+        outcome.report
+    );
     assert!(
         outcome.report.is_clean(),
         "anomalies (seed {}): {:?}",
@@ -247,7 +253,7 @@ async fn power_loss_drops_answered_sends_with_flush_durability() {
     let outcome = run("flush", 3).await;
     assert!(outcome.answered > 0, "no send was answered at all");
     assert!(
-        outcome.report.lost > 0,
+        outcome.report.direct.lost + outcome.report.group.lost > 0,
         "the cuts lost nothing answered before an fsync (seed {}): {:?}; \
          the injector is not dropping unsynced writes",
         outcome.seed,
