@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use workload::{drain, hotsender, idle, pairs, store, storm, Ctx, Side};
+use workload::{drain, fanout, hotsender, idle, pairs, store, storm, Ctx, Side};
 
 #[derive(Parser)]
 #[command(
@@ -96,8 +96,8 @@ enum Command {
     },
     /// (4) offline drain: queued messages to reconnecting receivers.
     Drain(drain::DrainArgs),
-    /// (5) group fan-out: not available, pigeon has no groups yet.
-    Fanout,
+    /// (5) group fan-out: one sender, every member of one group online.
+    Fanout(fanout::FanoutArgs),
     /// (6) reconnect storm: all clients reconnect at once (pigeon only).
     Storm(storm::StormArgs),
     /// (7) disk bytes per queued message and space back after ack (pigeon only).
@@ -168,9 +168,7 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Throughput(args) => pairs::throughput(&ctx, sides, args).await,
             Command::Latency { pairs: args, rate } => pairs::latency(&ctx, sides, args, *rate).await,
             Command::Drain(args) => drain::drain(&ctx, sides, args).await,
-            Command::Fanout => bail!(
-                "group fan-out cannot run: pigeon has no groups yet (DESIGN.md \"Groups\"); see docs/performance.md"
-            ),
+            Command::Fanout(args) => fanout::fanout(&ctx, sides, args).await,
             Command::Storm(args) => storm::storm(&ctx, args).await,
             Command::Store(args) => store::store(&ctx, args).await,
             Command::Hotsender(args) => hotsender::hotsender(&ctx, args).await,

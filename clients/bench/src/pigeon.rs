@@ -327,6 +327,15 @@ impl Sender {
 
     /// Send `content` to user `to` once the window has room.
     pub async fn send(&mut self, to: u64, content: Bytes) -> Result<()> {
+        self.send_to(to, 0, content).await
+    }
+
+    /// Send one message to a group (waits for window room, like `send`).
+    pub async fn send_group(&mut self, group: u64, content: Bytes) -> Result<()> {
+        self.send_to(0, group, content).await
+    }
+
+    async fn send_to(&mut self, to: u64, group: u64, content: Bytes) -> Result<()> {
         let started = Instant::now();
         // Bounded by REQUEST_TIMEOUT; heartbeats while the window is full.
         let window = self.window.clone();
@@ -344,7 +353,7 @@ impl Sender {
         let id = self.next_id;
         self.next_id += 1;
         let body = Body::Send(pb::SendRequest {
-            group_id: 0,
+            group_id: group,
             to_user_id: to,
             to_username: String::new(),
             client_msg_id: format!("{}-{id}", self.tag),

@@ -3,6 +3,7 @@
 //! pigeon and MQTT so a workload is written once and run against either.
 
 pub mod drain;
+pub mod fanout;
 pub mod hotsender;
 pub mod idle;
 pub mod pairs;
