@@ -207,7 +207,10 @@ macro_rules! expect_answer {
 }
 
 // After the macro, so the requests there can use it.
+mod push;
 mod social;
+
+pub use push::PushRegistration;
 
 impl Connection {
     /// Dial, handshake and start the connection's tasks. Must run inside a

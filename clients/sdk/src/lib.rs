@@ -3,7 +3,7 @@
 //!
 //! Two levels:
 //! - [`Connection`]: one live TLS connection with typed requests
-//!   (register, login, send, pull, ack, ...), server pushes as
+//!   (register, login, send, pull, ack, push tokens, ...), server pushes as
 //!   [`ServerEvent`]s and a heartbeat. No reconnects.
 //! - [`Client`]: a supervisor that keeps a connection logged in, syncs the
 //!   inbox (cursor, dedupe by seq, ack) and the timelines of large groups
@@ -24,7 +24,8 @@ pub mod tls;
 pub use backoff::Backoff;
 pub use client::{Client, ClientConfig, ClientEvent};
 pub use connection::{
-    ConnectOptions, Connection, Credential, LoginParams, Peer, Recipient, ServerEvent,
+    ConnectOptions, Connection, Credential, LoginParams, Peer, PushRegistration, Recipient,
+    ServerEvent,
 };
 pub use error::{SdkError, TlsFailure};
 pub use profile::Profile;
