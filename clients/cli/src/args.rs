@@ -129,6 +129,9 @@ pub enum Command {
     /// List or revoke this account's devices
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Register or remove this device's push token (offline push)
+    #[command(subcommand)]
+    Push(PushCommand),
 }
 
 /// `pigeon group ...`. GROUP is a group id, or the name of one of your
@@ -207,6 +210,59 @@ pub enum DevicesCommand {
         /// The device id (as listed)
         device_id: String,
     },
+}
+
+/// `pigeon push ...`: the token belongs to this profile's device; the
+/// server pushes to it while the device has no session.
+#[derive(Debug, Subcommand)]
+pub enum PushCommand {
+    /// Register a push token for this device, replacing any earlier one
+    #[command(subcommand)]
+    Register(PushProviderArg),
+    /// Remove this device's push token (the server stops pushing to it)
+    Remove,
+}
+
+/// `pigeon push register ...`: one subcommand per provider.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum PushProviderArg {
+    /// Apple Push Notification service
+    Apns {
+        /// The APNs device token (hex)
+        token: String,
+        /// The app's bundle id (the apns-topic)
+        #[arg(long, value_name = "BUNDLE_ID")]
+        topic: String,
+        /// The token is from a development build (APNs sandbox)
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Firebase Cloud Messaging
+    Fcm {
+        /// The FCM registration token (after `--` if it starts with '-')
+        token: String,
+    },
+    /// The server's webhook (configured on the server; no token)
+    Webhook,
+}
+
+impl PushProviderArg {
+    /// The registration the sdk sends.
+    pub fn registration(&self) -> pigeon_sdk::PushRegistration {
+        match self.clone() {
+            PushProviderArg::Apns {
+                token,
+                topic,
+                sandbox,
+            } => pigeon_sdk::PushRegistration::Apns {
+                token,
+                topic,
+                sandbox,
+            },
+            PushProviderArg::Fcm { token } => pigeon_sdk::PushRegistration::Fcm { token },
+            PushProviderArg::Webhook => pigeon_sdk::PushRegistration::Webhook,
+        }
+    }
 }
 
 /// Where `send` goes.
@@ -383,6 +439,64 @@ mod tests {
         assert!(parse(&["group", "role", "7", "bob", "king"]).is_err());
         assert!(parse(&["devices", "revoke", "d1"]).is_ok());
         assert!(parse(&["recall", "not-a-number"]).is_err());
+    }
+
+    #[test]
+    fn push_commands_parse() {
+        use pigeon_sdk::PushRegistration;
+        let registration = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Push(PushCommand::Register(provider)) => provider.registration(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            registration(&[
+                "push",
+                "register",
+                "apns",
+                "ab12",
+                "--topic",
+                "com.example.chat",
+                "--sandbox"
+            ]),
+            PushRegistration::Apns {
+                token: "ab12".into(),
+                topic: "com.example.chat".into(),
+                sandbox: true
+            }
+        );
+        assert_eq!(
+            registration(&["push", "register", "apns", "ab12", "--topic", "t"]),
+            PushRegistration::Apns {
+                token: "ab12".into(),
+                topic: "t".into(),
+                sandbox: false
+            }
+        );
+        assert_eq!(
+            registration(&["push", "register", "fcm", "f1"]),
+            PushRegistration::Fcm { token: "f1".into() }
+        );
+        assert_eq!(
+            registration(&["push", "register", "fcm", "--", "-f1_x"]),
+            PushRegistration::Fcm {
+                token: "-f1_x".into()
+            }
+        );
+        assert_eq!(
+            registration(&["--json", "push", "register", "webhook"]),
+            PushRegistration::Webhook
+        );
+        assert!(matches!(
+            parse(&["push", "remove"]).unwrap().command,
+            Command::Push(PushCommand::Remove)
+        ));
+        // APNs needs its topic; FCM takes no topic; the webhook no token.
+        let usage = |args: &[&str]| parse(args).unwrap_err().exit_code();
+        assert_eq!(usage(&["push", "register", "apns", "ab12"]), 2);
+        assert_eq!(usage(&["push", "register", "fcm", "f1", "--topic", "t"]), 2);
+        assert_eq!(usage(&["push", "register", "webhook", "x"]), 2);
+        assert_eq!(usage(&["push", "register"]), 2);
+        assert_eq!(usage(&["push", "register", "fcm"]), 2);
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The commands: each connects through the sdk, does its one thing, prints
 //! the result and keeps the profile (token, cursors) up to date. Account
-//! and 1:1 commands are here; receiving (`pull`, `listen`), groups and the
-//! conversation, recall and device commands have their own modules.
+//! and 1:1 commands are here; receiving (`pull`, `listen`), groups, the
+//! conversation, recall and device commands, and push tokens have their
+//! own modules.
 
 mod groups;
+mod push;
 mod receive;
 mod social;
 
 pub use groups::group;
+pub use push::push;
 pub use receive::{listen, pull};
 pub use social::{conversations, devices, read, recall};
 

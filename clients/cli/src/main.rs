@@ -78,5 +78,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Recall { msg_id } => commands::recall(&ctx, *msg_id).await,
         Command::Devices(command) => commands::devices(&ctx, command).await,
+        Command::Push(command) => commands::push(&ctx, command).await,
     }
 }

@@ -4,6 +4,7 @@
 //! events) come from a [`Directory`] the caller fills in.
 
 mod directory;
+mod push;
 mod social;
 
 use base64::Engine;
@@ -13,6 +14,7 @@ use pigeon_sdk::pb::{GroupEventType, MessageKind};
 use serde_json::{json, Value};
 
 pub use directory::Directory;
+pub use push::{push_registered_json, push_registered_line, push_removed_json, push_removed_line};
 pub use social::{
     conversation_json, conversation_line, device_json, device_line, group_json, group_line,
     member_json, member_line, role_name, total_json, total_line,

@@ -2,7 +2,8 @@
 //! ephemeral loopback port, a temporary sled directory): the CLI contract's
 //! commands, `--json` output, and exit codes for the failures a person or a
 //! script meets first; groups (small and large, through `pull` and
-//! `listen`), conversations and read positions, recall, and devices.
+//! `listen`), conversations and read positions, recall, devices, and push
+//! tokens.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -20,8 +21,25 @@ fn repo_file(path: &str) -> PathBuf {
 
 struct Running {
     addr: String,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
+    served: tokio::task::JoinHandle<()>,
     _stop: tokio_util::sync::DropGuard,
+}
+
+impl Running {
+    /// Shut the server down and wait until it has let go of its store;
+    /// returns the data directory, for a look at what it stored.
+    async fn stop(self) -> tempfile::TempDir {
+        let Running {
+            data,
+            served,
+            _stop,
+            ..
+        } = self;
+        drop(_stop);
+        served.await.expect("the server stops cleanly");
+        data
+    }
 }
 
 async fn start_server() -> Running {
@@ -42,10 +60,11 @@ async fn start_server_with(tune: impl FnOnce(&mut Config)) -> Running {
     let listener = server.bind().unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
-    tokio::spawn(server.serve(listener, stop.clone()));
+    let served = tokio::spawn(server.serve(listener, stop.clone()));
     Running {
         addr,
-        _data: data,
+        data,
+        served,
         _stop: stop.drop_guard(),
     }
 }
@@ -521,4 +540,106 @@ async fn listen_prints_large_group_messages_as_they_arrive() {
     assert_eq!(message["from"], "alice");
     assert_eq!(message["timeline"], true);
     child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_tokens_are_registered_for_the_profiles_device_and_removed() {
+    use pigeon_server::store::{Durability, SledStore, Store};
+
+    let server = start_server().await;
+    let s = server.addr.as_str();
+    let dirs = users(s, &["alice", "bob"]).await;
+    let (a, b) = (dirs[0].path(), dirs[1].path());
+    let profile = |dir: &Path| pigeon_sdk::Profile::load(dir).unwrap().unwrap();
+    let (alice, bob) = (profile(a), profile(b));
+
+    let apns = json_lines(
+        s,
+        a,
+        &[
+            "push",
+            "register",
+            "apns",
+            "a1b2c3d4e5f6",
+            "--topic",
+            "com.example.chat",
+            "--sandbox",
+        ],
+    )
+    .await;
+    assert_eq!(apns.len(), 1, "{apns:?}");
+    assert_eq!(apns[0]["event"], "push_registered");
+    assert_eq!(apns[0]["provider"], "apns");
+    assert_eq!(apns[0]["device_id"], alice.device_id.as_str());
+    assert_eq!(apns[0]["topic"], "com.example.chat");
+    assert_eq!(apns[0]["sandbox"], true);
+    assert!(
+        !apns[0].to_string().contains("a1b2c3d4e5f6"),
+        "the token is not echoed: {apns:?}"
+    );
+
+    // Human output; an FCM token replaces the APNs one.
+    let fcm = pigeon(
+        s,
+        a,
+        "",
+        &["push", "register", "fcm", "fcm-registration-token"],
+    )
+    .await;
+    assert_ok(&fcm);
+    assert_eq!(
+        stdout(&fcm).trim(),
+        format!("registered an FCM token for device {}", alice.device_id)
+    );
+
+    // Bob registers, then removes.
+    let webhook = json_lines(s, b, &["push", "register", "webhook"]).await;
+    assert_eq!(webhook[0]["provider"], "webhook");
+    assert_eq!(webhook[0]["device_id"], bob.device_id.as_str());
+    let removed = json_lines(s, b, &["push", "remove"]).await;
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(removed[0]["event"], "push_removed");
+    assert_eq!(removed[0]["device_id"], bob.device_id.as_str());
+    assert_ok(&pigeon(s, b, "", &["push", "remove"]).await);
+
+    // Refusals: exit 5 with the server's code, in words and in JSON.
+    let empty = pigeon(
+        s,
+        a,
+        "",
+        &[
+            "push",
+            "register",
+            "apns",
+            "",
+            "--topic",
+            "com.example.chat",
+        ],
+    )
+    .await;
+    assert_refused(&empty, "INVALID_ARGUMENT");
+    let too_long = "x".repeat(4097);
+    let refused = pigeon(s, a, "", &["--json", "push", "register", "fcm", &too_long]).await;
+    assert_refused(&refused, "INVALID_ARGUMENT");
+    let error: serde_json::Value = serde_json::from_str(stderr(&refused).trim()).unwrap();
+    assert_eq!(error["code"], "INVALID_ARGUMENT");
+    assert_eq!(error["exit_code"], 5);
+    assert!(stdout(&refused).is_empty(), "{}", stdout(&refused));
+    // Usage errors stay exit 2, and a profile without a login exit 4.
+    let no_topic = pigeon(s, a, "", &["push", "register", "apns", "a1b2"]).await;
+    assert_eq!(no_topic.status.code(), Some(2), "{}", stderr(&no_topic));
+    let nobody = tempfile::tempdir().unwrap();
+    let not_logged_in = pigeon(s, nobody.path(), "", &["push", "remove"]).await;
+    assert_eq!(not_logged_in.status.code(), Some(4));
+
+    // What the server kept: alice's device has a token (the refused
+    // registrations left the FCM one alone), bob's none any more.
+    let data = server.stop().await;
+    let store = SledStore::open(data.path(), Durability::Fsync).unwrap();
+    let user = |p: &pigeon_sdk::Profile| p.user_id.expect("logged in");
+    assert_eq!(
+        store.push_devices(user(&alice)).unwrap(),
+        [alice.device_id.as_str()]
+    );
+    assert!(store.push_devices(user(&bob)).unwrap().is_empty());
 }
