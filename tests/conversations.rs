@@ -463,7 +463,10 @@ async fn a_revoked_device_no_longer_holds_back_collection() {
     let revoke = Body::RevokeDevice(pb::RevokeDeviceRequest {
         device_id: "phone".into(),
     });
-    assert!(matches!(laptop.request(revoke).await, Body::DeviceRevoked(_)));
+    assert!(matches!(
+        laptop.request(revoke).await,
+        Body::DeviceRevoked(_)
+    ));
     laptop.ack(seen.last().unwrap().seq).await;
     assert_eq!(queued(&server), 0, "collected once the phone is gone");
     server.stop().await;

@@ -96,10 +96,16 @@ impl Outbox for StoreOutbox {
     }
 
     async fn done(&self, job: &PushJob) -> Result<(), StoreError> {
+        // The worker also calls this for a device found online: then no
+        // push went out and the device's coalescing clock stays where it
+        // was. (A device that came online right after a real push only
+        // loses the spacing of its next push.)
+        let pushed = !self.is_online(job.user, &job.device_id);
         self.write(WriteOp::PushDone {
             user: job.user,
             device_id: job.device_id.clone(),
             generation: job.generation,
+            pushed,
             now_ms: crate::clock::now_ms(),
         })
         .await

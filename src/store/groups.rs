@@ -256,6 +256,9 @@ pub struct TimelinePage {
     pub messages: Vec<super::StoredMessage>,
     /// True if entries above the last one (up to the bound) exist.
     pub has_more: bool,
+    /// The seq of the first entry left out because no sync has made it
+    /// durable yet (see [`super::Store::pull`]); the page ends below it.
+    pub not_durable_from: Option<Seq>,
 }
 
 /// A device's push registration. `provider` is the wire's PushProvider

@@ -285,7 +285,8 @@ pub enum WriteOp {
         token: Option<PushTokenRecord>,
     },
     /// A push job was delivered (or is moot): delete it if still of
-    /// `generation`, and remember when the device was last pushed.
+    /// `generation`; when `pushed`, remember when the device was last
+    /// pushed (its coalescing clock).
     PushDone {
         /// Whose device.
         user: UserId,
@@ -293,6 +294,9 @@ pub enum WriteOp {
         device_id: String,
         /// The job's generation when it was taken.
         generation: u64,
+        /// A push went out (false: the device was online, or the provider
+        /// refused for good).
+        pushed: bool,
         /// Now, ms since the epoch.
         now_ms: u64,
     },

@@ -506,12 +506,14 @@ impl Store for SledStore {
             Durability::Buffered => return Ok(()),
         }
         self.track(self.fsync())?;
-        self.reveal(committed.msgid_floor);
         self.track(self.manifest.record(committed, true))?;
-        match &self.powerloss {
-            Some(injector) => self.track(injector.snapshots.take()),
-            None => Ok(()),
+        if let Some(injector) = &self.powerloss {
+            self.track(injector.snapshots.take())?;
         }
+        // Last: the power-loss test's snapshot of this durable state must
+        // exist before any pull can show what it holds.
+        self.reveal(committed.msgid_floor);
+        Ok(())
     }
 
     fn failure(&self) -> Option<String> {

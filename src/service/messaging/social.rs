@@ -369,7 +369,8 @@ impl Messaging {
             .await?;
         Ok(TimelineView {
             messages: self.named(page.messages)?,
-            max_seq: up_to,
+            // Like a pull: the top is below what is not durable yet.
+            max_seq: page.not_durable_from.map_or(up_to, |seq| seq - 1),
             has_more: page.has_more,
         })
     }

@@ -289,8 +289,9 @@ impl Batch<'_> {
                 user,
                 device_id,
                 generation,
+                pushed,
                 now_ms,
-            } => self.push_done(*user, device_id, *generation, *now_ms),
+            } => self.push_done(*user, device_id, *generation, *pushed, *now_ms),
             WriteOp::PushRetry {
                 user,
                 device_id,

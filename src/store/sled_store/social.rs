@@ -183,6 +183,7 @@ pub(super) fn timeline(
             return Ok(TimelinePage {
                 messages,
                 has_more: false,
+                not_durable_from: Some(split_pair(&key)?.1),
             });
         }
         messages.push(store.stored_message(&key, &value)?);
@@ -191,7 +192,11 @@ pub(super) fn timeline(
         Some((_, value)) => decode_u64("timeline entry", &value)? <= visible,
         None => false,
     };
-    Ok(TimelinePage { messages, has_more })
+    Ok(TimelinePage {
+        messages,
+        has_more,
+        not_durable_from: None,
+    })
 }
 
 pub(super) fn conversation(peer: UserId, v: ConvValue) -> Conversation {

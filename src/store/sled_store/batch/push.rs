@@ -99,10 +99,11 @@ impl Batch<'_> {
         user: UserId,
         device_id: &str,
         generation: u64,
+        pushed: bool,
         now_ms: u64,
     ) -> TxResult<WriteOutcome> {
         let key = user_str_key(user, device_id);
-        if let Some(mut token) = self.token_value(&key)? {
+        if let (true, Some(mut token)) = (pushed, self.token_value(&key)?) {
             token.last_pushed_ms = now_ms;
             self.push_tokens.insert(&key[..], token.encode_to_vec())?;
         }
