@@ -166,7 +166,9 @@ async fn run(cli: Cli) -> Result<()> {
         match &cli.command {
             Command::Idle(args) => idle::idle(&ctx, sides, args).await,
             Command::Throughput(args) => pairs::throughput(&ctx, sides, args).await,
-            Command::Latency { pairs: args, rate } => pairs::latency(&ctx, sides, args, *rate).await,
+            Command::Latency { pairs: args, rate } => {
+                pairs::latency(&ctx, sides, args, *rate).await
+            }
             Command::Drain(args) => drain::drain(&ctx, sides, args).await,
             Command::Fanout(args) => fanout::fanout(&ctx, sides, args).await,
             Command::Storm(args) => storm::storm(&ctx, args).await,

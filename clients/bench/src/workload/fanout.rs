@@ -56,7 +56,12 @@ enum Sending {
     Mqtt(mqtt::Sender),
 }
 
-async fn setup(ctx: &Ctx, side: Side, args: &FanoutArgs, f: &mut Figures) -> Result<(Vec<Receiver>, Sending)> {
+async fn setup(
+    ctx: &Ctx,
+    side: Side,
+    args: &FanoutArgs,
+    f: &mut Figures,
+) -> Result<(Vec<Receiver>, Sending)> {
     match side {
         Side::Pigeon => {
             let members = ctx.accounts("bfm", args.members, f).await?;
@@ -106,9 +111,11 @@ async fn setup(ctx: &Ctx, side: Side, args: &FanoutArgs, f: &mut Figures) -> Res
                 .into_iter()
                 .map(|c| c.map(|c| Receiver::Mqtt(AnyReceiver::Mqtt(c))))
                 .collect::<Result<_>>()?;
-            let (conn, _, _) =
-                mqtt::connect(&ctx.dialer, ctx.mqtt, "pb-fs".into(), true).await?;
-            Ok((receivers, Sending::Mqtt(mqtt::Sender::start(conn, args.window))))
+            let (conn, _, _) = mqtt::connect(&ctx.dialer, ctx.mqtt, "pb-fs".into(), true).await?;
+            Ok((
+                receivers,
+                Sending::Mqtt(mqtt::Sender::start(conn, args.window)),
+            ))
         }
     }
 }
