@@ -756,28 +756,7 @@ impl Store for SledStore {
     }
 
     fn users_with_entries(&self, after: UserId, limit: usize) -> Result<Vec<UserId>, StoreError> {
-        let mut users = Vec::new();
-        let mut next = after.checked_add(1);
-        while let Some(candidate) = next {
-            if users.len() >= limit {
-                break;
-            }
-            // One seek per user: jump to the first entry at or after the
-            // candidate, then past that user's whole range.
-            let Some(item) = self
-                .trees
-                .userseq_msgid
-                .range(user_seq_key(candidate, 0)..)
-                .next()
-            else {
-                break;
-            };
-            let (key, _) = item.map_err(from_sled)?;
-            let (user, _) = split_user_seq(&key)?;
-            users.push(user);
-            next = user.checked_add(1);
-        }
-        Ok(users)
+        owners_after(&self.trees.userseq_msgid, after, limit)
     }
 
     fn groups_with_timeline(
@@ -785,26 +764,7 @@ impl Store for SledStore {
         after: GroupId,
         limit: usize,
     ) -> Result<Vec<GroupId>, StoreError> {
-        let mut groups = Vec::new();
-        let mut next = after.checked_add(1);
-        while let Some(candidate) = next {
-            if groups.len() >= limit {
-                break;
-            }
-            let Some(item) = self
-                .trees
-                .groupseq_msgid
-                .range(user_seq_key(candidate, 0)..)
-                .next()
-            else {
-                break;
-            };
-            let (key, _) = item.map_err(from_sled)?;
-            let (group, _) = split_user_seq(&key)?;
-            groups.push(group);
-            next = group.checked_add(1);
-        }
-        Ok(groups)
+        owners_after(&self.trees.groupseq_msgid, after, limit)
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -876,6 +836,27 @@ impl Store for SledStore {
             .map(drop)
             .map_err(from_sled)
     }
+}
+
+/// The distinct first halves (user or group ids) of a tree keyed by two
+/// u64s, above `after`, at most `limit`: one seek per owner, jumping to its
+/// first key and then past its whole range.
+fn owners_after(tree: &Tree, after: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+    let mut owners = Vec::new();
+    let mut next = after.checked_add(1);
+    while let Some(candidate) = next {
+        if owners.len() >= limit {
+            break;
+        }
+        let Some(item) = tree.range(user_seq_key(candidate, 0)..).next() else {
+            break;
+        };
+        let (key, _) = item.map_err(from_sled)?;
+        let (owner, _) = split_user_seq(&key)?;
+        owners.push(owner);
+        next = owner.checked_add(1);
+    }
+    Ok(owners)
 }
 
 /// Opens sled, waiting a little for its file lock. A `Db` dropped in this
