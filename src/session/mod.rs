@@ -31,9 +31,10 @@ pub trait Notifier: Send + Sync + 'static {
     /// offline users and, oldest first, for devices that do not read).
     fn push(&self, user: UserId, event: Push);
 
-    /// Whether a message for this device should also go out as an offline
-    /// push: it has no live session, or its app said it is in the
-    /// background.
+    /// Whether a message for this device of `user` should also go out as
+    /// an offline push: none of the user's devices has a live session in
+    /// the foreground (no session, or each app said it is in the
+    /// background).
     fn wants_push(&self, user: UserId, device_id: &str) -> bool;
 }
 
@@ -417,13 +418,15 @@ impl Notifier for SessionRegistry {
         }
     }
 
-    fn wants_push(&self, user: UserId, device_id: &str) -> bool {
+    fn wants_push(&self, user: UserId, _device_id: &str) -> bool {
+        // Pushed only while none of the user's devices has a session in
+        // the foreground: a user reading on the laptop gets no phone push.
         let users = self.users.lock().expect("registry lock is never poisoned");
         !users
             .get(&user)
             .into_iter()
             .flatten()
-            .any(|e| *e.device_id == *device_id && !e.signal.is_background())
+            .any(|e| !e.signal.is_background())
     }
 }
 
@@ -523,6 +526,21 @@ mod tests {
         assert_eq!(r.online_devices(1).len(), 1);
         r.notify(1, 9);
         assert_eq!(fresh_signal.notified_seq(), 9);
+    }
+
+    #[test]
+    fn pushes_go_out_only_while_no_device_of_the_user_is_in_the_foreground() {
+        let r = SessionRegistry::new(KickPolicy::PlatformClass);
+        assert!(r.wants_push(1, "phone"), "offline: push");
+        let (phone_reg, phone) = register(&r, 1, "phone", PlatformClass::Mobile);
+        assert!(!r.wants_push(1, "phone"), "in the foreground: no push");
+        phone.set_background(true);
+        assert!(r.wants_push(1, "phone"), "backgrounded: push");
+        let (laptop, _) = register(&r, 1, "laptop", PlatformClass::Desktop);
+        assert!(!r.wants_push(1, "phone"), "reading on the laptop: no push");
+        r.unregister(&laptop);
+        r.unregister(&phone_reg);
+        assert!(r.wants_push(1, "phone"));
     }
 
     #[test]
