@@ -66,7 +66,10 @@ async fn setup(
         Side::Pigeon => {
             let members = ctx.accounts("bfm", args.members, f).await?;
             let sender = ctx.accounts("bfs", 1, f).await?;
+            let receivers = ctx.pigeon_sessions(&members).await?;
             let mut owner = ctx.pigeon_sessions(&sender).await?.remove(0);
+            // A login on a wiped data dir re-registers: take the ids now.
+            let members = ctx.accounts("bfm", args.members, f).await?;
             let create = Body::GroupCreate(pb::GroupCreateRequest {
                 name: format!("fanout {}", ctx.run_tag),
                 member_user_ids: members.iter().map(|m| m.id).collect(),
@@ -77,9 +80,7 @@ async fn setup(
                 other => bail!("group create: {other:?}"),
             };
             f.add("large_group", f64::from(u8::from(info.large)));
-            let receivers = ctx
-                .pigeon_sessions(&members)
-                .await?
+            let receivers = receivers
                 .into_iter()
                 .map(|s| Receiver::Pigeon(s, info.group_id))
                 .collect();
