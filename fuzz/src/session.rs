@@ -31,7 +31,7 @@ use pigeon_server::service::{
     collector, Accounts, Caller, Committer, Credential, Messaging, MessagingRules, Outgoing,
     Recipient,
 };
-use pigeon_server::session::Notifier;
+use pigeon_server::session::{Notifier, Push};
 use pigeon_server::store::sled_store::SledOptions;
 use pigeon_server::store::{Durability, Seq, SledStore, Store, TokenRecord, UserId, UserRecord};
 
@@ -55,6 +55,15 @@ struct Recorder(Mutex<Vec<(UserId, Seq)>>);
 impl Notifier for Recorder {
     fn notify(&self, user: UserId, max_seq: Seq) {
         self.0.lock().unwrap().push((user, max_seq));
+    }
+
+    // The model sends no group, receipt or push traffic.
+    fn notify_group(&self, _group: u64, _max_seq: Seq, _members: &[UserId]) {}
+
+    fn push(&self, _user: UserId, _event: Push) {}
+
+    fn wants_push(&self, _user: UserId, _device_id: &str) -> bool {
+        false
     }
 }
 
@@ -185,6 +194,7 @@ pub fn run(ops: &Ops) {
         notes.clone(),
         64,
         Arc::new(Metrics::default()),
+        None,
     )
     .expect("the writer starts");
     let rules = MessagingRules {
@@ -193,6 +203,10 @@ pub fn run(ops: &Ops) {
         dedupe_window: DAY,
         history_retention: Duration::ZERO,
         device_inactive_after: DAY,
+        recall_window: Duration::from_secs(120),
+        large_group_threshold: 500,
+        max_group_members: 100_000,
+        push_preview: false,
     };
     let messaging = Arc::new(Messaging::new(store.clone(), committer, rules));
     let accounts = Accounts::new(store.clone(), true, DAY, 1).expect("the account service starts");
@@ -438,6 +452,10 @@ impl Harness {
             q.entries.insert(q.max_seq, entry.clone());
             expected_notes.push((self.users[user].id, q.max_seq));
         }
+        // One notify per queue that grew, in no particular order.
+        let mut notes = notes;
+        notes.sort_unstable();
+        expected_notes.sort_unstable();
         assert_eq!(notes, expected_notes, "notifies name each queue's new top");
         m.dedupe
             .insert((from, client_msg_id), (receipt.msg_id, sender_seq));
