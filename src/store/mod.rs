@@ -612,6 +612,15 @@ pub trait Store: Send + Sync + 'static {
     /// Current members of a group in user id order.
     fn members(&self, group: GroupId) -> Result<Vec<MemberRecord>, StoreError>;
 
+    /// Up to `limit` current members with a user id above `after`, in
+    /// user id order (one page of a member list; reads only that range).
+    fn members_page(
+        &self,
+        group: GroupId,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<MemberRecord>, StoreError>;
+
     /// The groups `user` is a current member of, in group id order.
     fn user_groups(&self, user: UserId) -> Result<Vec<GroupId>, StoreError>;
 

@@ -669,6 +669,15 @@ impl Store for SledStore {
         social::members(&self.trees, group)
     }
 
+    fn members_page(
+        &self,
+        group: GroupId,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<MemberRecord>, StoreError> {
+        social::members_page(&self.trees, group, after, limit)
+    }
+
     fn user_groups(&self, user: UserId) -> Result<Vec<GroupId>, StoreError> {
         social::user_groups(&self.trees, user)
     }

@@ -306,11 +306,14 @@ impl Messaging {
             0 => MAX_MEMBERS_PAGE,
             n => (n as usize).min(MAX_MEMBERS_PAGE),
         };
-        let members = self.blocking(move |store| store.members(group)).await?;
-        let mut above = members.into_iter().filter(|m| m.user > after_user);
-        let page = above
-            .by_ref()
-            .take(limit)
+        // One more than asked tells whether another page follows.
+        let mut members = self
+            .blocking(move |store| store.members_page(group, after_user, limit + 1))
+            .await?;
+        let more = members.len() > limit;
+        members.truncate(limit);
+        let page = members
+            .into_iter()
             .map(|member| {
                 Ok(NamedMember {
                     username: self.username(member.user)?,
@@ -318,7 +321,7 @@ impl Messaging {
                 })
             })
             .collect::<Result<Vec<_>, ServiceError>>()?;
-        Ok((page, above.next().is_some()))
+        Ok((page, more))
     }
 
     /// A page of a large group's timeline above `after_seq`, recording

@@ -145,6 +145,31 @@ pub(super) fn members(trees: &Trees, group: GroupId) -> Result<Vec<MemberRecord>
     Ok(members)
 }
 
+pub(super) fn members_page(
+    trees: &Trees,
+    group: GroupId,
+    after: UserId,
+    limit: usize,
+) -> Result<Vec<MemberRecord>, StoreError> {
+    let Some(first) = after.checked_add(1) else {
+        return Ok(Vec::new());
+    };
+    let mut page = Vec::new();
+    let range = pair_key(group, first)..=pair_key(group, UserId::MAX);
+    for item in trees.groupuser_member.range(range) {
+        if page.len() == limit {
+            break;
+        }
+        let (key, raw) = item.map_err(from_sled)?;
+        let (_, user) = split_pair(&key)?;
+        let member = member_record(group, user, decode("member", &raw)?);
+        if member.role.is_some() {
+            page.push(member);
+        }
+    }
+    Ok(page)
+}
+
 /// Current members' ids only (the batch's pre-scan).
 pub(super) fn member_ids(trees: &Trees, group: GroupId) -> Result<Vec<UserId>, StoreError> {
     Ok(members(trees, group)?.into_iter().map(|m| m.user).collect())
