@@ -163,17 +163,9 @@ impl ApnsClient {
             )
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(payload(notice).to_string())));
-        let request = match request {
-            Ok(request) => request,
-            Err(e) => {
-                return Outcome::Failed {
-                    reason: format!("cannot build the request: {e}"),
-                }
-            }
-        };
-        match self.http.send(request, self.timeout).await {
+        match self.http.deliver(request, self.timeout).await {
             Ok(reply) => self.classify(&reply, now_ms),
-            Err(e) => Outcome::retry(e.to_string()),
+            Err(outcome) => outcome,
         }
     }
 

@@ -222,17 +222,9 @@ impl FcmClient {
             .header("authorization", format!("Bearer {access}"))
             .header("content-type", "application/json; charset=utf-8")
             .body(Full::new(Bytes::from(body)));
-        let request = match request {
-            Ok(request) => request,
-            Err(e) => {
-                return Outcome::Failed {
-                    reason: format!("cannot build the request: {e}"),
-                }
-            }
-        };
-        let reply = match self.http.send(request, self.timeout).await {
+        let reply = match self.http.deliver(request, self.timeout).await {
             Ok(reply) => reply,
-            Err(e) => return Outcome::retry(e.to_string()),
+            Err(outcome) => return outcome,
         };
         let outcome = classify(&reply, now_ms);
         if reply.status == StatusCode::UNAUTHORIZED {

@@ -24,6 +24,8 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::outcome::Outcome;
+
 /// Largest response body read; provider answers are small JSON.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -132,6 +134,22 @@ impl HttpsClient {
             connector: TlsConnector::from(Arc::new(config)),
             h2: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Send a request a provider client just built: a request that could
+    /// not be built is [`Outcome::Failed`], a transport failure (timeout,
+    /// connection) is [`Outcome::retry`]; otherwise the reply to classify.
+    pub async fn deliver(
+        &self,
+        request: http::Result<Request<Full<Bytes>>>,
+        deadline: Duration,
+    ) -> Result<Reply, Outcome> {
+        let request = request.map_err(|e| Outcome::Failed {
+            reason: format!("cannot build the request: {e}"),
+        })?;
+        self.send(request, deadline)
+            .await
+            .map_err(|e| Outcome::retry(e.to_string()))
     }
 
     /// Send `request` (its URI absolute, https) and read the whole answer,

@@ -57,17 +57,9 @@ impl WebhookClient {
             .header(TIMESTAMP_HEADER, &timestamp)
             .header(SIGNATURE_HEADER, format!("v1={signature}"))
             .body(Full::new(Bytes::from(body)));
-        let request = match request {
-            Ok(request) => request,
-            Err(e) => {
-                return Outcome::Failed {
-                    reason: format!("cannot build the request: {e}"),
-                }
-            }
-        };
-        let reply = match self.http.send(request, self.timeout).await {
+        let reply = match self.http.deliver(request, self.timeout).await {
             Ok(reply) => reply,
-            Err(e) => return Outcome::retry(e.to_string()),
+            Err(outcome) => return outcome,
         };
         let described = format!("webhook {}", reply.status.as_u16());
         let now = UNIX_EPOCH + Duration::from_millis(now_ms);

@@ -156,6 +156,13 @@ pub enum Refusal {
     Invalid(String),
 }
 
+impl Refusal {
+    /// The caller is not a current member of `group`.
+    pub fn not_member(group: GroupId) -> Refusal {
+        Refusal::NotMember(format!("you are not a member of group {group}"))
+    }
+}
+
 /// The kinds of group events; numbers match the wire's `GroupEventType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupEventKind {

@@ -387,7 +387,7 @@ impl SledStore {
     /// The highest message id a pull may show: everything with buffered
     /// durability (which promises nothing), else what the last sync made
     /// durable.
-    pub(crate) fn visible_msg_id(&self) -> MsgId {
+    fn visible_msg_id(&self) -> MsgId {
         match self.durability {
             Durability::Buffered => MsgId::MAX,
             _ => self
@@ -460,10 +460,36 @@ impl SledStore {
         }
     }
 
-    /// The stored message a queue entry points at.
-    fn stored_message(&self, key: &[u8], value: &[u8]) -> Result<StoredMessage, StoreError> {
-        let (_, seq) = split_user_seq(key)?;
-        let msg_id = decode_u64("queue entry", value)?;
+    /// Up to `limit` entries of a queue or timeline range (keys: owner ++
+    /// seq, values: msg id) with their bodies, stopping before the first
+    /// entry no sync has made durable (see `visible_msg_id`). Returns the
+    /// messages, whether durable entries follow, and the seq of the first
+    /// entry held back.
+    fn durable_page(
+        &self,
+        mut entries: sled::Iter,
+        limit: usize,
+    ) -> Result<(Vec<StoredMessage>, bool, Option<Seq>), StoreError> {
+        let visible = self.visible_msg_id();
+        let mut messages = Vec::new();
+        for item in entries.by_ref().take(limit) {
+            let (key, value) = item.map_err(from_sled)?;
+            let seq = split_user_seq(&key)?.1;
+            let msg_id = decode_u64("queue entry", &value)?;
+            if msg_id > visible {
+                return Ok((messages, false, Some(seq)));
+            }
+            messages.push(self.stored_message(seq, msg_id)?);
+        }
+        let has_more = match entries.next().transpose().map_err(from_sled)? {
+            Some((_, value)) => decode_u64("queue entry", &value)? <= visible,
+            None => false,
+        };
+        Ok((messages, has_more, None))
+    }
+
+    /// The stored message a queue entry at `seq` points at.
+    fn stored_message(&self, seq: Seq, msg_id: MsgId) -> Result<StoredMessage, StoreError> {
         let Some(raw) = self
             .trees
             .msgid_body
@@ -629,30 +655,13 @@ impl Store for SledStore {
             });
         };
         let range = user_seq_key(user, first)..=user_seq_key(user, Seq::MAX);
-        let mut entries = self.trees.userseq_msgid.range(range);
-        let visible = self.visible_msg_id();
-        let mut messages = Vec::new();
-        for item in entries.by_ref().take(limit) {
-            let (key, value) = item.map_err(from_sled)?;
-            if decode_u64("queue entry", &value)? > visible {
-                // Not durable yet: the queue ends here for now (the notify
-                // after the sync brings the device back).
-                let seq = split_user_seq(&key)?.1;
-                return Ok(Page {
-                    messages,
-                    max_seq: seq - 1,
-                    has_more: false,
-                });
-            }
-            messages.push(self.stored_message(&key, &value)?);
-        }
-        let has_more = match entries.next().transpose().map_err(from_sled)? {
-            Some((_, value)) => decode_u64("queue entry", &value)? <= visible,
-            None => false,
-        };
+        let entries = self.trees.userseq_msgid.range(range);
+        let (messages, has_more, held_back) = self.durable_page(entries, limit)?;
         Ok(Page {
             messages,
-            max_seq,
+            // Not durable yet: the queue ends below it for now (the notify
+            // after the sync brings the device back).
+            max_seq: held_back.map_or(max_seq, |seq| seq - 1),
             has_more,
         })
     }

@@ -286,9 +286,7 @@ impl Messaging {
         match view.me {
             Some(me) if me.role.is_some() => Ok((view.group, me)),
             _ if view.group.dissolved => Err(ServiceError::UnknownGroup(group)),
-            _ => Err(ServiceError::NotAMember(format!(
-                "you are not a member of group {group}"
-            ))),
+            _ => Err(refusal_error(Refusal::not_member(group), group)),
         }
     }
 
@@ -335,9 +333,7 @@ impl Messaging {
     ) -> Result<TimelineView, ServiceError> {
         let view = self.group_view(caller.user, group).await?;
         let Some(me) = view.me.filter(|m| m.role.is_some() || m.left_seq > 0) else {
-            return Err(ServiceError::NotAMember(format!(
-                "you are not a member of group {group}"
-            )));
+            return Err(refusal_error(Refusal::not_member(group), group));
         };
         if !view.group.large {
             return Err(ServiceError::InvalidArgument(format!(

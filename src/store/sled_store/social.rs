@@ -6,8 +6,8 @@ use std::ops::Bound;
 
 use super::{from_sled, SledStore, Trees};
 use crate::store::records::{
-    decode, decode_u64, pair_key, split_pair, split_user_str, u64_key, BodyValue, ConvValue,
-    EventValue, GroupValue, MemberValue, PushJobValue, PushTokenValue,
+    decode, pair_key, split_pair, split_user_str, u64_key, BodyValue, ConvValue, EventValue,
+    GroupValue, MemberValue, PushJobValue, PushTokenValue,
 };
 use crate::store::{
     Conversation, EntryKind, GroupEventKind, GroupEventRecord, GroupId, GroupRecord, MemberRecord,
@@ -198,29 +198,12 @@ pub(super) fn timeline(
         Bound::Excluded(pair_key(group, after_seq)),
         Bound::Included(pair_key(group, up_to)),
     );
-    let mut entries = store.trees.groupseq_msgid.range(range);
-    let visible = store.visible_msg_id();
-    let mut messages = Vec::new();
-    for item in entries.by_ref().take(limit) {
-        let (key, value) = item.map_err(from_sled)?;
-        // Not durable yet (see `SledStore::visible_msg_id`).
-        if decode_u64("timeline entry", &value)? > visible {
-            return Ok(TimelinePage {
-                messages,
-                has_more: false,
-                not_durable_from: Some(split_pair(&key)?.1),
-            });
-        }
-        messages.push(store.stored_message(&key, &value)?);
-    }
-    let has_more = match entries.next().transpose().map_err(from_sled)? {
-        Some((_, value)) => decode_u64("timeline entry", &value)? <= visible,
-        None => false,
-    };
+    let entries = store.trees.groupseq_msgid.range(range);
+    let (messages, has_more, not_durable_from) = store.durable_page(entries, limit)?;
     Ok(TimelinePage {
         messages,
         has_more,
-        not_durable_from: None,
+        not_durable_from,
     })
 }
 

@@ -297,10 +297,7 @@ impl Batch<'_> {
             return refused(Refusal::UnknownGroup);
         };
         let Some(mut member) = self.member_value(m.group, m.from)?.filter(|v| v.role != 0) else {
-            return refused(Refusal::NotMember(format!(
-                "you are not a member of group {}",
-                m.group
-            )));
+            return refused(Refusal::not_member(m.group));
         };
         let appended = self.append(m.group, &mut group, super::chat_body(m), m.msg_id, &[])?;
         member.read_seq = appended.seq;
@@ -399,9 +396,7 @@ impl Batch<'_> {
             return refused(Refusal::UnknownGroup);
         };
         let Some(actor_role) = self.role(group_id, actor)? else {
-            return refused(Refusal::NotMember(format!(
-                "you are not a member of group {group_id}"
-            )));
+            return refused(Refusal::not_member(group_id));
         };
         let denied = |why: &str| refused(Refusal::PermissionDenied(why.to_owned()));
         match change {
@@ -674,9 +669,7 @@ impl Batch<'_> {
                 };
                 let Some(mut member) = self.member_value(group_id, user)?.filter(|m| m.role != 0)
                 else {
-                    return refused(Refusal::NotMember(format!(
-                        "you are not a member of group {group_id}"
-                    )));
+                    return refused(Refusal::not_member(group_id));
                 };
                 if seq > group.max_seq {
                     return refused(Refusal::BeyondMax {
@@ -835,9 +828,7 @@ impl Batch<'_> {
             return refused(Refusal::UnknownGroup);
         };
         let Some(mut member) = self.member_value(group_id, user)? else {
-            return refused(Refusal::NotMember(format!(
-                "you are not a member of group {group_id}"
-            )));
+            return refused(Refusal::not_member(group_id));
         };
         let top = if member.role != 0 {
             group.max_seq
