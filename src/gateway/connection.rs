@@ -15,7 +15,7 @@
 //! stops reading: a client that does not read its answers stalls only itself.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -25,17 +25,17 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::handlers::{Flow, Session};
 use super::limits::HandshakeSlot;
+use super::tls_stream::{self, TlsStream};
 use super::Gateway;
 use crate::session::{Push, SessionSignal};
 
-type Reader = FramedRead<ReadHalf<TlsStream<TcpStream>>, Codec>;
-type Writer = FramedWrite<WriteHalf<TlsStream<TcpStream>>, Codec>;
+type Reader = FramedRead<ReadHalf<TlsStream>, Codec>;
+type Writer = FramedWrite<WriteHalf<TlsStream>, Codec>;
 
 /// An answer on its way to the write loop.
 pub enum Outbound {
@@ -50,6 +50,13 @@ pub enum Outbound {
 }
 
 /// Serve one accepted TCP connection to the end.
+///
+/// Most connections are idle most of the time, and an idle connection's
+/// memory is mostly this future, so it is laid out for waiting: the
+/// handshake and every handler run boxed (allocated only while they run),
+/// and values that are moved on are built where they are used, because a
+/// moved-from local still holds its bytes in the future for as long as it
+/// is in scope. `connection_future_stays_small` holds the size.
 pub async fn run(
     stream: TcpStream,
     peer: SocketAddr,
@@ -58,95 +65,136 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let _open = gateway.metrics.connection_opened();
-    let acceptor = gateway.tls.acceptor();
-    let handshake = timeout(gateway.timeouts.handshake, acceptor.accept(stream)).await;
-    drop(handshake_slot);
-    let tls = match handshake {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return tracing::debug!(error = %e, "tls handshake failed"),
-        Err(_) => return tracing::debug!("tls handshake timed out"),
+    let Some(tls) = Box::pin(handshake(stream, handshake_slot, &gateway)).await else {
+        return;
     };
-    tracing::debug!("connected");
-    let codec = Codec::new(gateway.limits.max_frame_bytes as usize);
-    let (read_half, write_half) = tokio::io::split(tls);
-    // Start with empty buffers: they grow to the frames actually seen.
-    let reader = FramedRead::with_capacity(read_half, codec, 0);
-    let mut writer = FramedWrite::new(write_half, codec);
-    *writer.write_buffer_mut() = bytes::BytesMut::new();
     let (outbound, queue) = mpsc::channel(gateway.limits.outbound_queue);
     let signal = SessionSignal::new();
-    let closing = CancellationToken::new();
-    let write_timeout = gateway.timeouts.write;
-    let session = Session::new(gateway.clone(), peer.ip(), outbound, signal.clone());
-    let write = write_loop(
-        gateway.metrics.clone(),
-        writer,
-        queue,
-        signal,
-        closing.clone(),
-        write_timeout,
-        shutdown.clone(),
+    // Cancelled when the write loop ends or the server shuts down.
+    let closing = shutdown.child_token();
+    let (_, registration) = tokio::join!(
+        write_loop(
+            gateway.metrics.clone(),
+            tls.writer,
+            queue,
+            signal.clone(),
+            closing.clone(),
+            gateway.timeouts.write,
+            shutdown.clone(),
+        ),
+        read_loop(
+            (gateway.clone(), peer.ip(), outbound, signal),
+            tls.reader,
+            closing,
+        )
     );
-    let read = read_loop(session, reader, closing, shutdown);
-    let (_, registration) = tokio::join!(write, read);
     if let Some(registration) = registration {
         gateway.registry.unregister(&registration);
     }
     tracing::debug!("closed");
 }
 
+/// The two framed halves of a connection's TLS stream (boxed: a future
+/// that holds them while they are moved on keeps only a pointer).
+struct Halves {
+    reader: Reader,
+    writer: Writer,
+}
+
+/// TLS under the handshake deadline, then the stream split into framed
+/// halves with empty buffers (they grow to the frames actually seen).
+async fn handshake(
+    stream: TcpStream,
+    _slot: HandshakeSlot,
+    gateway: &Gateway,
+) -> Option<Box<Halves>> {
+    let accept = tls_stream::accept(stream, gateway.tls.config());
+    let tls = match timeout(gateway.timeouts.handshake, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "tls handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("tls handshake timed out");
+            return None;
+        }
+    };
+    tracing::debug!("connected");
+    let codec = Codec::new(gateway.limits.max_frame_bytes as usize);
+    let (read_half, write_half) = tokio::io::split(tls);
+    let reader = FramedRead::with_capacity(read_half, codec, 0);
+    let mut writer = FramedWrite::new(write_half, codec);
+    *writer.write_buffer_mut() = bytes::BytesMut::new();
+    Some(Box::new(Halves { reader, writer }))
+}
+
+/// A boxed handler future: one exists only while a frame is handled.
+type Handling<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
+
+/// `session` is what `Session::new` takes: the session is built here, not
+/// passed in, because an async fn's arguments stay in its future beside the
+/// locals they move into, and the session is the biggest part of it.
 async fn read_loop(
-    mut session: Session,
+    session: (
+        Arc<Gateway>,
+        IpAddr,
+        mpsc::Sender<Outbound>,
+        Arc<SessionSignal>,
+    ),
     mut frames: Reader,
     closing: CancellationToken,
-    shutdown: CancellationToken,
 ) -> Option<crate::session::Registration> {
+    let (gateway, peer, outbound, signal) = session;
+    let mut session = Session::new(gateway, peer, outbound, signal);
     let login_deadline = Instant::now() + session.gateway().timeouts.login;
     let idle = session.gateway().timeouts.idle;
     let mut deadline = login_deadline;
     loop {
-        let frame = tokio::select! {
-            _ = closing.cancelled() => break,
-            _ = shutdown.cancelled() => break,
-            frame = timeout_at(deadline, frames.next()) => frame,
+        // The frame is scoped to the block, so its bytes are not kept in
+        // this future across the handler's await.
+        let handling: Handling<'_> = {
+            let frame = tokio::select! {
+                _ = closing.cancelled() => break,
+                frame = timeout_at(deadline, frames.next()) => frame,
+            };
+            match frame {
+                Err(_) if session.is_authenticated() => {
+                    tracing::debug!("idle timeout");
+                    break;
+                }
+                Err(_) => {
+                    let error =
+                        pb::Error::new(ErrorCode::LoginTimeout, "no login within the deadline");
+                    Box::pin(session.fatal(error))
+                }
+                Ok(None) => break,
+                Ok(Some(Err(CodecError::FrameTooLarge { len, max }))) => {
+                    tracing::debug!(len, max, "frame too large");
+                    let message = format!("frame of {len} bytes is above the maximum of {max}");
+                    Box::pin(session.fatal(pb::Error::new(ErrorCode::FrameTooLarge, message)))
+                }
+                Ok(Some(Err(CodecError::Decode(e)))) => {
+                    tracing::debug!(error = %e, "undecodable frame");
+                    let mut error = pb::Error::new(
+                        ErrorCode::InvalidArgument,
+                        format!("undecodable frame: {e}"),
+                    );
+                    error.fatal = true;
+                    Box::pin(session.fatal(error))
+                }
+                Ok(Some(Err(CodecError::Io(e)))) => {
+                    tracing::debug!(error = %e, "read failed");
+                    break;
+                }
+                Ok(Some(Ok(envelope))) => {
+                    release_if_idle(frames.read_buffer_mut());
+                    session.gateway().metrics.frame_in(&envelope);
+                    Box::pin(session.dispatch(envelope))
+                }
+            }
         };
-        let flow = match frame {
-            Err(_) if session.is_authenticated() => {
-                tracing::debug!("idle timeout");
-                Flow::Close
-            }
-            Err(_) => {
-                let error = pb::Error::new(ErrorCode::LoginTimeout, "no login within the deadline");
-                session.fatal(error).await
-            }
-            Ok(None) => Flow::Close,
-            Ok(Some(Err(CodecError::FrameTooLarge { len, max }))) => {
-                tracing::debug!(len, max, "frame too large");
-                let message = format!("frame of {len} bytes is above the maximum of {max}");
-                session
-                    .fatal(pb::Error::new(ErrorCode::FrameTooLarge, message))
-                    .await
-            }
-            Ok(Some(Err(CodecError::Decode(e)))) => {
-                tracing::debug!(error = %e, "undecodable frame");
-                let mut error = pb::Error::new(
-                    ErrorCode::InvalidArgument,
-                    format!("undecodable frame: {e}"),
-                );
-                error.fatal = true;
-                session.fatal(error).await
-            }
-            Ok(Some(Err(CodecError::Io(e)))) => {
-                tracing::debug!(error = %e, "read failed");
-                Flow::Close
-            }
-            Ok(Some(Ok(envelope))) => {
-                release_if_idle(frames.read_buffer_mut());
-                session.gateway().metrics.frame_in(&envelope);
-                session.dispatch(envelope).await
-            }
-        };
-        if flow == Flow::Close {
+        if handling.await == Flow::Close {
             break;
         }
         deadline = if session.is_authenticated() {
@@ -196,15 +244,17 @@ async fn write_loop(
         let count = envelopes.len();
         let mut failed = false;
         let mut closing_now = close;
-        for (i, envelope) in envelopes.into_iter().enumerate() {
+        let mut envelopes = envelopes.into_iter().enumerate();
+        // The envelope lives only in the closure and the boxed write, so
+        // this future does not keep room for one.
+        while let Some(writing) = envelopes.next().map(|(i, envelope)| {
             // Any fatal error ends the connection, whichever path produced it.
             closing_now |= matches!(&envelope.body, Some(Body::Error(e)) if e.fatal);
             let flush = closing_now || (i + 1 == count && queue.is_empty());
             metrics.frame_out(&envelope);
-            if write(&mut sink, envelope, flush, write_timeout)
-                .await
-                .is_err()
-            {
+            Box::pin(write(&mut sink, envelope, flush, write_timeout))
+        }) {
+            if writing.await.is_err() {
                 failed = true;
                 break;
             }
@@ -215,7 +265,8 @@ async fn write_loop(
     }
     closing.cancel();
     // Best effort: send close_notify; the peer may already be gone.
-    let _ = timeout(write_timeout, SinkExt::<Envelope>::close(&mut sink)).await;
+    let close = SinkExt::<Envelope>::close(&mut sink);
+    let _ = Box::pin(timeout(write_timeout, close)).await;
 }
 
 /// The pushes a wake-up brought: the newest queue notify (if above the

@@ -1,7 +1,7 @@
 //! TLS: the server's certificate and key as a swappable, shared
 //! `rustls::ServerConfig`. The config is built once at start and again only
 //! on a reload (SIGHUP); every accepted connection takes the current one
-//! (an `Arc` clone) and builds its `TlsAcceptor` from it. Owns no sockets.
+//! (an `Arc` clone) for its handshake (`tls_stream::accept`). Owns no sockets.
 //!
 //! What is offered: TLS 1.3 and TLS 1.2 only, and only AEAD suites with
 //! ECDHE key exchange (listed in [`CIPHER_SUITES`]). Reconnecting clients
@@ -19,7 +19,6 @@ use rustls::{ServerConfig, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsConfig;
@@ -120,10 +119,10 @@ impl ServerTls {
         })
     }
 
-    /// An acceptor for one new connection, from the current config.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    /// The current config, for one new connection.
+    pub fn config(&self) -> Arc<ServerConfig> {
         let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        TlsAcceptor::from(current.clone())
+        current.clone()
     }
 
     /// Read the certificate and key files again and, if they are usable,
