@@ -23,11 +23,11 @@ use futures_util::{SinkExt, StreamExt};
 use pigeon_protocol::{pb, Body, Codec, CodecError, Envelope, ErrorCode, KickReason};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::answers;
 use super::handlers::{Flow, Session};
 use super::limits::HandshakeSlot;
 use super::tls_stream::{self, TlsStream};
@@ -37,17 +37,16 @@ use crate::session::{Push, SessionSignal};
 type Reader = FramedRead<ReadHalf<TlsStream>, Codec>;
 type Writer = FramedWrite<WriteHalf<TlsStream>, Codec>;
 
-/// An answer on its way to the write loop.
+/// An answer on its way to the write loop, through [`answers::queue`].
 pub enum Outbound {
     /// Ready to write; `close` ends the connection after it.
-    /// (Boxed, so the queue's slots stay small: most of them are empty.)
-    Ready {
-        envelope: Box<Envelope>,
-        close: bool,
-    },
+    Ready { envelope: Envelope, close: bool },
     /// Resolves to the answer once the service is done (e.g. the flush).
     Pending(Pin<Box<dyn Future<Output = Envelope> + Send>>),
 }
+
+/// What the outbound queue carries (boxed: one pointer per queued answer).
+pub type OutboundItem = Box<Outbound>;
 
 /// Serve one accepted TCP connection to the end.
 ///
@@ -68,7 +67,7 @@ pub async fn run(
     let Some(tls) = Box::pin(handshake(stream, handshake_slot, &gateway)).await else {
         return;
     };
-    let (outbound, queue) = mpsc::channel(gateway.limits.outbound_queue);
+    let (outbound, queue) = answers::queue(gateway.limits.outbound_queue);
     let signal = SessionSignal::new();
     // Cancelled when the write loop ends or the server shuts down.
     let closing = shutdown.child_token();
@@ -139,7 +138,7 @@ async fn read_loop(
     session: (
         Arc<Gateway>,
         IpAddr,
-        mpsc::Sender<Outbound>,
+        answers::Sender<OutboundItem>,
         Arc<SessionSignal>,
     ),
     mut frames: Reader,
@@ -209,7 +208,7 @@ async fn read_loop(
 async fn write_loop(
     metrics: Arc<crate::metrics::Metrics>,
     mut sink: Writer,
-    mut queue: mpsc::Receiver<Outbound>,
+    mut queue: answers::Receiver<OutboundItem>,
     signal: Arc<SessionSignal>,
     closing: CancellationToken,
     write_timeout: std::time::Duration,
@@ -231,8 +230,8 @@ async fn write_loop(
                     (pushes, false)
                 }
             }
-            item = queue.recv() => match item {
-                Some(Outbound::Ready { envelope, close }) => (vec![*envelope], close),
+            item = queue.recv() => match item.map(|item| *item) {
+                Some(Outbound::Ready { envelope, close }) => (vec![envelope], close),
                 Some(Outbound::Pending(answer)) => (vec![answer.await], false),
                 None if shutdown.is_cancelled() => {
                     let message = "the server is shutting down; reconnect later".to_owned();
@@ -329,13 +328,12 @@ fn kick_envelope(reason: KickReason, message: String) -> Envelope {
     )
 }
 
-/// Buffers above this capacity are freed once empty, so an idle connection
-/// holds no read or write buffer (most connections are idle most of the
-/// time); a busy one keeps its buffers between frames.
-const IDLE_BUFFER_KEEP: usize = 512;
-
+/// Free a buffer once it is empty, so an idle connection holds no read or
+/// write buffer (most connections are idle most of the time). A busy one
+/// rarely empties its buffer between pipelined frames, and when it does the
+/// next allocation is cheap next to the frame's TLS record.
 fn release_if_idle(buffer: &mut bytes::BytesMut) {
-    if buffer.is_empty() && buffer.capacity() > IDLE_BUFFER_KEEP {
+    if buffer.is_empty() && buffer.capacity() > 0 {
         *buffer = bytes::BytesMut::new();
     }
 }

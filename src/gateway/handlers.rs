@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use pigeon_protocol::pb::{self, login_request};
 use pigeon_protocol::{Body, Envelope, ErrorCode, Platform, PROTOCOL_VERSION};
-use tokio::sync::mpsc;
 
-use super::connection::Outbound;
+use super::connection::{Outbound, OutboundItem};
 use super::limits::TokenBucket;
 use super::Gateway;
 use crate::clock::now_ms;
@@ -48,7 +47,7 @@ struct Login {
 pub struct Session {
     gateway: Arc<Gateway>,
     peer: IpAddr,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: super::answers::Sender<OutboundItem>,
     signal: Arc<SessionSignal>,
     login: Option<Login>,
     /// Every request after login.
@@ -66,7 +65,7 @@ impl Session {
     pub fn new(
         gateway: Arc<Gateway>,
         peer: IpAddr,
-        outbound: mpsc::Sender<Outbound>,
+        outbound: super::answers::Sender<OutboundItem>,
         signal: Arc<SessionSignal>,
     ) -> Self {
         let now = Instant::now();
@@ -469,15 +468,12 @@ impl Session {
         // If the write loop is gone the connection is closing anyway.
         let _ = self
             .outbound
-            .send(Outbound::Ready {
-                envelope: Box::new(envelope),
-                close,
-            })
+            .send(Box::new(Outbound::Ready { envelope, close }))
             .await;
     }
 
     async fn queue(&mut self, item: Outbound) -> Flow {
-        match self.outbound.send(item).await {
+        match self.outbound.send(Box::new(item)).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }

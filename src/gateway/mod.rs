@@ -2,6 +2,7 @@
 //! task per connection that turns frames into service calls. The gateway
 //! never touches the store.
 
+mod answers;
 mod connection;
 mod handlers;
 pub mod limits;

@@ -262,6 +262,9 @@ impl SessionRegistry {
                 false
             });
             self.counted(platform, 1);
+            // Most users have one or two devices online: grow one at a time
+            // rather than to the default first capacity of four.
+            sessions.reserve_exact(1);
             sessions.push(Entry {
                 device_id: device_id.clone(),
                 platform,
