@@ -56,15 +56,10 @@ pub type OutboundItem = Box<Outbound>;
 /// and values that are moved on are built where they are used, because a
 /// moved-from local still holds its bytes in the future for as long as it
 /// is in scope. `connection_future_stays_small` holds the size.
-pub async fn run(
-    stream: TcpStream,
-    peer: SocketAddr,
-    handshake_slot: HandshakeSlot,
-    gateway: Arc<Gateway>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(accepted: Box<Accepted>, gateway: Arc<Gateway>, shutdown: CancellationToken) {
     let _open = gateway.metrics.connection_opened();
-    let Some(tls) = Box::pin(handshake(stream, handshake_slot, &gateway)).await else {
+    let peer = accepted.peer.ip();
+    let Some(tls) = Box::pin(handshake(accepted, &gateway)).await else {
         return;
     };
     let (outbound, queue) = answers::queue(gateway.limits.outbound_queue);
@@ -82,7 +77,7 @@ pub async fn run(
             shutdown.clone(),
         ),
         read_loop(
-            (gateway.clone(), peer.ip(), outbound, signal),
+            (gateway.clone(), peer, outbound, signal),
             tls.reader,
             closing,
         )
@@ -91,6 +86,16 @@ pub async fn run(
         gateway.registry.unregister(&registration);
     }
     tracing::debug!("closed");
+}
+
+/// An accepted TCP connection, handed to [`run`] boxed: an async fn keeps
+/// its arguments in its future for its whole life, and these are needed
+/// only until the handshake.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Its place among the handshakes in progress from its address.
+    pub handshake: HandshakeSlot,
 }
 
 /// The two framed halves of a connection's TLS stream (boxed: a future
@@ -102,11 +107,12 @@ struct Halves {
 
 /// TLS under the handshake deadline, then the stream split into framed
 /// halves with empty buffers (they grow to the frames actually seen).
-async fn handshake(
-    stream: TcpStream,
-    _slot: HandshakeSlot,
-    gateway: &Gateway,
-) -> Option<Box<Halves>> {
+async fn handshake(accepted: Box<Accepted>, gateway: &Gateway) -> Option<Box<Halves>> {
+    let Accepted {
+        stream,
+        handshake: _slot,
+        ..
+    } = *accepted;
     let accept = tls_stream::accept(stream, gateway.tls.config());
     let tls = match timeout(gateway.timeouts.handshake, accept).await {
         Ok(Ok(tls)) => tls,
