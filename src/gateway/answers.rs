@@ -66,7 +66,6 @@ pub struct Receiver<T>(Arc<Shared<T>>);
 impl<T> Sender<T> {
     /// Queue `item`, waiting while the queue is full.
     pub async fn send(&self, item: T) -> Result<(), Closed> {
-        let mut item = Some(item);
         loop {
             {
                 let mut state = self.0.lock();
@@ -74,7 +73,7 @@ impl<T> Sender<T> {
                     return Err(Closed);
                 }
                 if state.items.len() < self.0.capacity {
-                    state.items.extend(item.take());
+                    state.items.push_back(item);
                     drop(state);
                     self.0.item_added.notify_one();
                     return Ok(());

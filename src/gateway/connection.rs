@@ -59,9 +59,10 @@ pub type OutboundItem = Box<Outbound>;
 pub async fn run(accepted: Box<Accepted>, gateway: Arc<Gateway>, shutdown: CancellationToken) {
     let _open = gateway.metrics.connection_opened();
     let peer = accepted.peer.ip();
-    let Some(tls) = Box::pin(handshake(accepted, &gateway)).await else {
+    let Some((read_half, write_half)) = Box::pin(handshake(accepted, &gateway)).await else {
         return;
     };
+    let codec = Codec::new(gateway.limits.max_frame_bytes as usize);
     let (outbound, queue) = answers::queue(gateway.limits.outbound_queue);
     let signal = SessionSignal::new();
     // Cancelled when the write loop ends or the server shuts down.
@@ -69,7 +70,7 @@ pub async fn run(accepted: Box<Accepted>, gateway: Arc<Gateway>, shutdown: Cance
     let (_, registration) = tokio::join!(
         write_loop(
             gateway.metrics.clone(),
-            tls.writer,
+            framed_writer(write_half, codec),
             queue,
             signal.clone(),
             closing.clone(),
@@ -78,7 +79,8 @@ pub async fn run(accepted: Box<Accepted>, gateway: Arc<Gateway>, shutdown: Cance
         ),
         read_loop(
             (gateway.clone(), peer, outbound, signal),
-            tls.reader,
+            // Start with empty buffers: they grow to the frames seen.
+            FramedRead::with_capacity(read_half, codec, 0),
             closing,
         )
     );
@@ -98,16 +100,13 @@ pub struct Accepted {
     pub handshake: HandshakeSlot,
 }
 
-/// The two framed halves of a connection's TLS stream (boxed: a future
-/// that holds them while they are moved on keeps only a pointer).
-struct Halves {
-    reader: Reader,
-    writer: Writer,
-}
-
-/// TLS under the handshake deadline, then the stream split into framed
-/// halves with empty buffers (they grow to the frames actually seen).
-async fn handshake(accepted: Box<Accepted>, gateway: &Gateway) -> Option<Box<Halves>> {
+/// TLS under the handshake deadline, then the stream split in two halves
+/// (two pointers: the framed reader and writer are built where they are
+/// moved into the loops, so this future does not keep a copy of them).
+async fn handshake(
+    accepted: Box<Accepted>,
+    gateway: &Gateway,
+) -> Option<(ReadHalf<TlsStream>, WriteHalf<TlsStream>)> {
     let Accepted {
         stream,
         handshake: _slot,
@@ -126,12 +125,15 @@ async fn handshake(accepted: Box<Accepted>, gateway: &Gateway) -> Option<Box<Hal
         }
     };
     tracing::debug!("connected");
-    let codec = Codec::new(gateway.limits.max_frame_bytes as usize);
-    let (read_half, write_half) = tokio::io::split(tls);
-    let reader = FramedRead::with_capacity(read_half, codec, 0);
-    let mut writer = FramedWrite::new(write_half, codec);
+    Some(tokio::io::split(tls))
+}
+
+/// The write half framed, with an empty buffer (it grows to the frames
+/// written and is freed once flushed).
+fn framed_writer(half: WriteHalf<TlsStream>, codec: Codec) -> Writer {
+    let mut writer = FramedWrite::new(half, codec);
     *writer.write_buffer_mut() = bytes::BytesMut::new();
-    Some(Box::new(Halves { reader, writer }))
+    writer
 }
 
 /// A boxed handler future: one exists only while a frame is handled.

@@ -104,16 +104,14 @@ impl Gateway {
             };
             configure(&stream);
             let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
-            let connection = Connection {
+            let accepted = Box::new(connection::Accepted {
                 stream,
                 peer,
                 handshake,
-                slot,
-                conn_id,
-            };
+            });
             tracker.spawn(
                 self.clone()
-                    .connection_task(connection, &shutdown, &abandon),
+                    .connection_task(accepted, slot, conn_id, &shutdown, &abandon),
             );
         }
         drop(listener);
@@ -144,45 +142,27 @@ impl Gateway {
     }
 }
 
-/// An accepted connection and what it holds.
-struct Connection {
-    stream: TcpStream,
-    peer: SocketAddr,
-    handshake: limits::HandshakeSlot,
-    /// Its place under `limits.max_connections`, freed when the task ends.
-    slot: tokio::sync::OwnedSemaphorePermit,
-    conn_id: u64,
-}
-
 impl Gateway {
     /// The task that serves one connection, in its span; `abandon` drops it
     /// when the shutdown grace runs out. Its size is most of what an idle
     /// connection costs (see `connection::run`).
+    /// `slot` is its place under `limits.max_connections`, freed when the
+    /// task ends.
     fn connection_task(
         self: Arc<Self>,
-        connection: Connection,
+        accepted: Box<connection::Accepted>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        conn_id: u64,
         shutdown: &CancellationToken,
         abandon: &CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let Connection {
-            stream,
-            peer,
-            handshake,
-            slot,
-            conn_id,
-        } = connection;
         let span = tracing::info_span!(
             "conn",
             conn_id,
-            %peer,
+            peer = %accepted.peer,
             user_id = tracing::field::Empty,
             device = tracing::field::Empty
         );
-        let accepted = Box::new(connection::Accepted {
-            stream,
-            peer,
-            handshake,
-        });
         let shutdown = shutdown.clone();
         let abandon = abandon.clone();
         async move {
@@ -232,18 +212,17 @@ mod tests {
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (stream, peer) = accepted.unwrap();
         let gate = limits::HandshakeGate::new(1);
-        let connection = Connection {
+        let accepted = Box::new(connection::Accepted {
             stream,
             peer,
             handshake: gate.enter(peer.ip()).unwrap(),
-            slot: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
-            conn_id: 1,
-        };
+        });
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         let token = CancellationToken::new();
         let task = server
             .gateway
             .clone()
-            .connection_task(connection, &token, &token);
+            .connection_task(accepted, slot, 1, &token, &token);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1792, "a connection's future is {size} bytes");
         drop((task, client));
