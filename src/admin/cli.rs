@@ -24,7 +24,7 @@ use crate::store::{Durability, SledStore, Store};
 
 /// The environment variable a new password may come from.
 pub const PASSWORD_ENV: &str = "PIGEON_PASSWORD";
-/// Deadline of a backup through the server.
+/// Deadline of a backup or a compaction through the server.
 const BACKUP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// Which server to talk to: the same config as `serve` finds it.
@@ -68,6 +68,9 @@ enum AdminCommand {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Rewrite the store into fresh files holding only its live data, and
+    /// give the rest of the disk space back. Writes wait during the copy.
+    Compact,
 }
 
 #[derive(Subcommand, Debug)]
@@ -188,8 +191,12 @@ pub fn run_admin(args: AdminArgs) -> Result<(), AdminError> {
             ("POST", path, None)
         }
         AdminCommand::Stats { top } => ("GET", format!("/v1/stats?top={top}"), None),
+        AdminCommand::Compact => ("POST", "/v1/compact".to_owned(), None),
     };
-    let client = client_for(&config, &args.target)?;
+    let mut client = client_for(&config, &args.target)?;
+    if path == "/v1/compact" {
+        client = client.with_timeout(BACKUP_TIMEOUT);
+    }
     let answer = runtime()?.block_on(client.call(method, &path, body.as_ref()))?;
     print_json(&answer.ok()?.json()?);
     Ok(())
@@ -252,7 +259,7 @@ fn online_backup(
 /// Copy a stopped server's data directory. Taking the store's lock makes
 /// this refuse a directory that a running pigeond holds.
 pub fn offline_backup(data_dir: &Path, to: &Path) -> Result<serde_json::Value, AdminError> {
-    if !data_dir.join("db").exists() {
+    if !crate::store::holds_store(data_dir) {
         return Err(AdminError::Usage(format!(
             "{} holds no pigeon store",
             data_dir.display()

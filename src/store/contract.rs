@@ -61,6 +61,7 @@ macro_rules! store_contract_tests {
             user_flags_and_password_hash_change_and_persist,
             user_tokens_are_deleted_by_user_or_device,
             check_writable_succeeds_and_is_invisible,
+            compaction_gives_space_back_and_keeps_every_live_record,
         );
     };
     (@cases $fixture:expr; $($case:ident),+ $(,)?) => {

@@ -29,7 +29,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 pub use sled_store::verify::{verify, VerifyReport};
-pub use sled_store::SledStore;
+pub use sled_store::{holds_store, SledStore};
 
 /// A user's numeric id (assigned by the store, starting at 1).
 pub type UserId = u64;
@@ -539,6 +539,31 @@ pub struct BackupReport {
     pub bytes: u64,
 }
 
+/// How much of an engine's disk use is live data (see [`Store::space`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpaceUse {
+    /// Bytes the engine's files take on disk.
+    pub disk_bytes: u64,
+    /// Bytes of keys and values it holds, or `None` when the count passed
+    /// the limit it was asked to stop at.
+    pub live_bytes: Option<u64>,
+}
+
+/// What a [`Store::compact`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CompactReport {
+    /// Bytes of the engine's files before.
+    pub disk_before: u64,
+    /// Bytes of the compacted files.
+    pub disk_after: u64,
+    /// Key-value records copied.
+    pub records: u64,
+    /// Bytes of keys and values copied.
+    pub live_bytes: u64,
+    /// How long writes waited for the copy and the switch, in milliseconds.
+    pub writes_paused_ms: u64,
+}
+
 /// The storage interface of the messaging code.
 ///
 /// Reads see every write applied before them. Writes of one `apply` call are
@@ -706,6 +731,17 @@ pub trait Store: Send + Sync + 'static {
     /// before the call. Writes wait while the copy is made. A failed backup
     /// leaves nothing at `target`.
     fn backup(&self, target: &Path) -> Result<BackupReport, StoreError>;
+
+    /// Disk use, and the live bytes counted up to `live_limit` (a read of
+    /// the whole store up to that point; not for a hot path).
+    fn space(&self, live_limit: u64) -> Result<SpaceUse, StoreError>;
+
+    /// Rewrite the store into fresh files holding only its live records
+    /// and give the old files' space back to the filesystem. Writes wait
+    /// while the live data is copied (as for [`Store::backup`]); reads go
+    /// on. A crash at any point leaves the store as it was before or after,
+    /// both complete.
+    fn compact(&self) -> Result<CompactReport, StoreError>;
 
     /// Check that the store still takes writes (for the readiness probe):
     /// writes a small marker record, without syncing.

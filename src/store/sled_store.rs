@@ -33,7 +33,9 @@
 mod accounts;
 mod backup;
 mod batch;
+mod compact;
 mod files;
+mod layout;
 mod manifest;
 mod powerloss;
 mod social;
@@ -44,7 +46,7 @@ pub(crate) mod verify;
 use std::cell::Cell;
 use std::ops::Bound;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -55,9 +57,10 @@ use super::records::{
     BodyValue, DedupeValue, DeviceValue, TokenValue, UserValue,
 };
 use super::{
-    msg_id_time_ms, BackupReport, Conversation, DeviceRecord, Durability, GroupId, GroupRecord,
-    MemberRecord, MsgId, Page, PushJobRecord, Seq, Store, StoreError, StoreStats, StoredMessage,
-    TimelinePage, TokenRecord, UserId, UserRecord, WriteOp, WriteOutcome,
+    msg_id_time_ms, BackupReport, CompactReport, Conversation, DeviceRecord, Durability, GroupId,
+    GroupRecord, MemberRecord, MsgId, Page, PushJobRecord, Seq, SpaceUse, Store, StoreError,
+    StoreStats, StoredMessage, TimelinePage, TokenRecord, UserId, UserRecord, WriteOp,
+    WriteOutcome,
 };
 use files::SyncFiles;
 use manifest::{Committed, Manifest};
@@ -149,6 +152,46 @@ impl Trees {
     }
 }
 
+/// One open sled database: its trees, and the handles that make its flush
+/// durable. A compaction opens a new one beside it and retires the old.
+struct Engine {
+    db: sled::Db,
+    trees: Trees,
+    files: SyncFiles,
+    /// Which generation of the layout this is (see [`layout`]).
+    generation: u64,
+}
+
+impl Engine {
+    /// Opens sled in `dir` (a generation's directory) with `options`.
+    fn open(
+        dir: &Path,
+        generation: u64,
+        options: &SledOptions,
+        created: bool,
+    ) -> Result<Engine, StoreError> {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_capacity_bytes)
+            .flush_every_ms(options.flush_every_ms);
+        let db = open_db(&config)?;
+        let trees = Trees::open(&db)?;
+        let files = SyncFiles::open(dir, created)?;
+        Ok(Engine {
+            db,
+            trees,
+            files,
+            generation,
+        })
+    }
+
+    /// Flushes sled's log, then fsyncs what `flush` does not (STORE-NOTES 2).
+    fn fsync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(from_sled)?;
+        self.files.fsync()
+    }
+}
+
 /// The sled engine.
 ///
 /// Single-writer assumption: every [`Store::apply`] call comes from one
@@ -158,10 +201,15 @@ impl Trees {
 /// `apply` could add a device between the two and is therefore not allowed.
 /// The other methods may be called from any thread.
 pub struct SledStore {
-    db: sled::Db,
-    trees: Trees,
+    /// The open sled database; replaced (under the exclusive write gate)
+    /// when [`Store::compact`] switches to a compacted copy. Writers take
+    /// the gate before the engine, so no write lands in a retired one.
+    engine: RwLock<Arc<Engine>>,
+    /// The data directory (the manifest, the lock, the layout pointer).
+    path: PathBuf,
+    /// How sled is opened (cache size, flusher), for a compacted copy.
+    options: SledOptions,
     durability: Durability,
-    files: SyncFiles,
     /// The record of what the last sync made durable.
     manifest: Manifest,
     /// See [`SledOptions::min_free_bytes`].
@@ -175,10 +223,9 @@ pub struct SledStore {
     /// cursor past, a message a crash or power cut could still take back
     /// (and whose seq the next message would then reuse).
     visible_msg_id: std::sync::atomic::AtomicU64,
-    /// Taken shared by every write and exclusively by a backup.
+    /// Taken shared by every write and exclusively by a backup or a
+    /// compaction.
     write_gate: RwLock<()>,
-    /// See [`SledOptions::flush_every_ms`].
-    flush_every_ms: Option<u64>,
     /// Test only: the power-loss injector (see [`powerloss`]); `None`
     /// unless [`SledStore::with_powerloss_snapshots`] was called.
     powerloss: Option<powerloss::PowerLoss>,
@@ -242,9 +289,11 @@ impl SledStore {
     ) -> Result<(SledStore, manifest::Read), StoreError> {
         let created = !path.exists();
         let lock = files::lock_dir(path)?;
-        files::remove_unfinished_snapshots(path)?;
+        let (generation, dir) = layout::current(path)?;
+        layout::tidy(path, generation)?;
+        files::remove_unfinished_snapshots(&dir)?;
         let recorded = manifest::read(path)?;
-        if recorded != manifest::Read::Missing && !path.join("db").exists() {
+        if recorded != manifest::Read::Missing && !dir.join("db").exists() {
             return Err(StoreError::Corrupt(format!(
                 "{} has a {} but no sled `db` file: the store's data is gone. \
                  Restore the last backup",
@@ -252,25 +301,18 @@ impl SledStore {
                 manifest::MANIFEST_FILE
             )));
         }
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity_bytes)
-            .flush_every_ms(options.flush_every_ms);
-        let db = open_db(&config)?;
-        let trees = Trees::open(&db)?;
-        let files = SyncFiles::open(path, created)?;
+        let engine = Engine::open(&dir, generation, options, created)?;
         let manifest = Manifest::open(path)?;
         let store = SledStore {
-            db,
-            trees,
+            engine: RwLock::new(Arc::new(engine)),
+            path: path.to_owned(),
+            options: options.clone(),
             durability,
-            files,
             manifest,
             min_free_bytes: options.min_free_bytes,
             failed: Mutex::new(None),
             visible_msg_id: std::sync::atomic::AtomicU64::new(0),
             write_gate: RwLock::new(()),
-            flush_every_ms: options.flush_every_ms,
             powerloss: None,
             _lock: lock,
         };
@@ -282,14 +324,15 @@ impl SledStore {
     /// anything it made durable is answered; see [`powerloss`]. Takes the
     /// first copy before it returns.
     pub fn with_powerloss_snapshots(mut self, target: &Path) -> Result<SledStore, StoreError> {
-        let snapshots = Arc::new(powerloss::Snapshots::open(&self.files.path, target)?);
+        let snapshots = Arc::new(powerloss::Snapshots::open(&self.path, target)?);
         self.fsync()?;
         snapshots.take()?;
-        let flusher = match (self.durability, self.flush_every_ms) {
+        let engine = self.engine();
+        let flusher = match (self.durability, self.options.flush_every_ms) {
             (Durability::Fsync, _) | (_, None) => None,
             (_, Some(ms)) => Some(powerloss::Flusher::start(
-                self.db.clone(),
-                SyncFiles::open(&self.files.path, false)?,
+                engine.db.clone(),
+                SyncFiles::open(&engine.files.path, false)?,
                 snapshots.clone(),
                 Duration::from_millis(ms),
             )?),
@@ -303,11 +346,11 @@ impl SledStore {
 
     /// What the store holds of the values the manifest vouches for.
     fn committed(&self) -> Result<Committed, StoreError> {
-        let next_user_id =
-            match Self::read_u64(&self.trees.meta, META_NEXT_USER_ID, "next user id")? {
-                0 => 1,
-                id => id,
-            };
+        let e = self.engine();
+        let next_user_id = match Self::read_u64(&e.trees.meta, META_NEXT_USER_ID, "next user id")? {
+            0 => 1,
+            id => id,
+        };
         Ok(Committed {
             msgid_floor: self.msg_id_floor()?,
             next_user_id,
@@ -323,7 +366,8 @@ impl SledStore {
 
     /// Reads the schema version, writing it (durably) into a new store.
     fn check_schema(&self) -> Result<(), StoreError> {
-        let meta = &self.trees.meta;
+        let e = self.engine();
+        let meta = &e.trees.meta;
         let Some(raw) = meta.get(META_SCHEMA_VERSION).map_err(from_sled)? else {
             if !meta.is_empty() {
                 return Err(StoreError::Corrupt(
@@ -348,11 +392,12 @@ impl SledStore {
     /// Each step rewrites records idempotently and writes its new version
     /// into `meta` last (durably), so a crash mid-way re-runs it.
     fn migrate(&self, found: u32) -> Result<(), StoreError> {
+        let e = self.engine();
         match found {
             SCHEMA_VERSION => Ok(()),
             1 => {
-                let indexed = accounts::index_existing_tokens(&self.trees)?;
-                self.trees
+                let indexed = accounts::index_existing_tokens(&e.trees)?;
+                e.trees
                     .meta
                     .insert(META_SCHEMA_VERSION, &2u32.to_be_bytes())
                     .map_err(from_sled)?;
@@ -363,7 +408,7 @@ impl SledStore {
             2 => {
                 // Groups and conversations start empty; bodies without the
                 // new fields decode as 1:1 chat messages.
-                self.trees
+                e.trees
                     .meta
                     .insert(META_SCHEMA_VERSION, &3u32.to_be_bytes())
                     .map_err(from_sled)?;
@@ -422,10 +467,11 @@ impl SledStore {
     /// The free-space guard (see [`SledOptions::min_free_bytes`]): `grows`
     /// says the write stores new messages or users.
     fn check_space(&self, grows: bool) -> Result<(), StoreError> {
+        let e = self.engine();
         if self.min_free_bytes == 0 {
             return Ok(());
         }
-        let free = files::free_bytes(&self.files.path)?;
+        let free = files::free_bytes(&e.files.path)?;
         let need = if grows {
             self.min_free_bytes
         } else {
@@ -440,10 +486,17 @@ impl SledStore {
         Ok(())
     }
 
-    /// Flushes sled's log, then fsyncs what `flush` does not (STORE-NOTES 2).
+    /// Flushes and fsyncs the current engine (see [`Engine::fsync`]).
     fn fsync(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(from_sled)?;
-        self.files.fsync()
+        self.engine().fsync()
+    }
+
+    /// The current engine. Writers must hold the write gate first.
+    fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The shared side of the write gate; a poisoned gate only means a
@@ -490,12 +543,8 @@ impl SledStore {
 
     /// The stored message a queue entry at `seq` points at.
     fn stored_message(&self, seq: Seq, msg_id: MsgId) -> Result<StoredMessage, StoreError> {
-        let Some(raw) = self
-            .trees
-            .msgid_body
-            .get(u64_key(msg_id))
-            .map_err(from_sled)?
-        else {
+        let e = self.engine();
+        let Some(raw) = e.trees.msgid_body.get(u64_key(msg_id)).map_err(from_sled)? else {
             return Err(StoreError::Corrupt(format!(
                 "queue entry {seq} has no body {msg_id}"
             )));
@@ -508,13 +557,15 @@ impl SledStore {
 impl Store for SledStore {
     fn apply(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
         let _writing = self.writing();
+        let e = self.engine();
         self.check_healthy()?;
         let grows = ops.iter().any(|op| op.msg_ids_needed() > 0);
         self.check_space(grows)?;
-        self.track(batch::apply(&self.trees, ops))
+        self.track(batch::apply(&e.trees, ops))
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        let e = self.engine();
         self.check_healthy()?;
         // Read before the flush: the flush makes at least this durable.
         let committed = self.committed()?;
@@ -525,13 +576,13 @@ impl Store for SledStore {
             // before sled's, and a power cut would then refuse a store
             // that lost only what `flush` may lose.
             Durability::Flush => {
-                self.track(self.db.flush().map(drop).map_err(from_sled))?;
+                self.track(e.db.flush().map(drop).map_err(from_sled))?;
                 self.reveal(committed.msgid_floor);
                 return Ok(());
             }
             Durability::Buffered => return Ok(()),
         }
-        self.track(self.fsync())?;
+        self.track(e.fsync())?;
         self.track(self.manifest.record(committed, true))?;
         if let Some(injector) = &self.powerloss {
             self.track(injector.snapshots.take())?;
@@ -556,10 +607,11 @@ impl Store for SledStore {
         now_ms: u64,
     ) -> Result<Option<UserRecord>, StoreError> {
         let _writing = self.writing();
+        let e = self.engine();
         self.check_healthy()?;
         self.check_space(true)?;
         let created = self.track(batch::create_user(
-            &self.trees,
+            &e.trees,
             username,
             password_hash,
             now_ms,
@@ -571,19 +623,16 @@ impl Store for SledStore {
     }
 
     fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        let Some(raw) = self.trees.userid_user.get(u64_key(id)).map_err(from_sled)? else {
+        let e = self.engine();
+        let Some(raw) = e.trees.userid_user.get(u64_key(id)).map_err(from_sled)? else {
             return Ok(None);
         };
         Ok(Some(decode::<UserValue>("user", &raw)?.into_record(id)))
     }
 
     fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        let Some(raw) = self
-            .trees
-            .username_userid
-            .get(username)
-            .map_err(from_sled)?
-        else {
+        let e = self.engine();
+        let Some(raw) = e.trees.username_userid.get(username).map_err(from_sled)? else {
             return Ok(None);
         };
         let id = decode_u64("username index", &raw)?;
@@ -597,19 +646,16 @@ impl Store for SledStore {
 
     fn put_token(&self, token_hash: &[u8; 32], token: &TokenRecord) -> Result<(), StoreError> {
         let _writing = self.writing();
+        let e = self.engine();
         self.check_healthy()?;
         self.check_space(false)?;
-        self.track(accounts::put_token(&self.trees, token_hash, token))?;
+        self.track(accounts::put_token(&e.trees, token_hash, token))?;
         self.sync()
     }
 
     fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        let Some(raw) = self
-            .trees
-            .tokenhash_token
-            .get(token_hash)
-            .map_err(from_sled)?
-        else {
+        let e = self.engine();
+        let Some(raw) = e.trees.tokenhash_token.get(token_hash).map_err(from_sled)? else {
             return Ok(None);
         };
         Ok(Some(decode::<TokenValue>("token", &raw)?.into_record()))
@@ -617,13 +663,15 @@ impl Store for SledStore {
 
     fn delete_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
         let _writing = self.writing();
-        accounts::delete_token(&self.trees, token_hash)?;
+        let e = self.engine();
+        accounts::delete_token(&e.trees, token_hash)?;
         self.sync()
     }
 
     fn devices(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let e = self.engine();
         let mut devices = Vec::new();
-        for item in self.trees.userdevice_device.scan_prefix(u64_key(user)) {
+        for item in e.trees.userdevice_device.scan_prefix(u64_key(user)) {
             let (key, raw) = item.map_err(from_sled)?;
             let (_, device_id) = split_user_str(&key)?;
             devices.push(decode::<DeviceValue>("device", &raw)?.into_record(device_id));
@@ -632,8 +680,9 @@ impl Store for SledStore {
     }
 
     fn device(&self, user: UserId, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let e = self.engine();
         let key = user_str_key(user, device_id);
-        let Some(raw) = self.trees.userdevice_device.get(key).map_err(from_sled)? else {
+        let Some(raw) = e.trees.userdevice_device.get(key).map_err(from_sled)? else {
             return Ok(None);
         };
         Ok(Some(
@@ -642,10 +691,12 @@ impl Store for SledStore {
     }
 
     fn max_seq(&self, user: UserId) -> Result<Seq, StoreError> {
-        Self::read_u64(&self.trees.userid_maxseq, &u64_key(user), "max seq")
+        let e = self.engine();
+        Self::read_u64(&e.trees.userid_maxseq, &u64_key(user), "max seq")
     }
 
     fn pull(&self, user: UserId, after_seq: Seq, limit: usize) -> Result<Page, StoreError> {
+        let e = self.engine();
         let max_seq = self.max_seq(user)?;
         let Some(first) = after_seq.checked_add(1) else {
             return Ok(Page {
@@ -655,7 +706,7 @@ impl Store for SledStore {
             });
         };
         let range = user_seq_key(user, first)..=user_seq_key(user, Seq::MAX);
-        let entries = self.trees.userseq_msgid.range(range);
+        let entries = e.trees.userseq_msgid.range(range);
         let (messages, has_more, held_back) = self.durable_page(entries, limit)?;
         Ok(Page {
             messages,
@@ -667,15 +718,18 @@ impl Store for SledStore {
     }
 
     fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, StoreError> {
-        social::group(&self.trees, group)
+        let e = self.engine();
+        social::group(&e.trees, group)
     }
 
     fn member(&self, group: GroupId, user: UserId) -> Result<Option<MemberRecord>, StoreError> {
-        social::member(&self.trees, group, user)
+        let e = self.engine();
+        social::member(&e.trees, group, user)
     }
 
     fn members(&self, group: GroupId) -> Result<Vec<MemberRecord>, StoreError> {
-        social::members(&self.trees, group)
+        let e = self.engine();
+        social::members(&e.trees, group)
     }
 
     fn members_page(
@@ -684,11 +738,13 @@ impl Store for SledStore {
         after: UserId,
         limit: usize,
     ) -> Result<Vec<MemberRecord>, StoreError> {
-        social::members_page(&self.trees, group, after, limit)
+        let e = self.engine();
+        social::members_page(&e.trees, group, after, limit)
     }
 
     fn user_groups(&self, user: UserId) -> Result<Vec<GroupId>, StoreError> {
-        social::user_groups(&self.trees, user)
+        let e = self.engine();
+        social::user_groups(&e.trees, user)
     }
 
     fn timeline(
@@ -702,11 +758,13 @@ impl Store for SledStore {
     }
 
     fn conversations(&self, user: UserId) -> Result<Vec<Conversation>, StoreError> {
-        social::conversations(&self.trees, user)
+        let e = self.engine();
+        social::conversations(&e.trees, user)
     }
 
     fn push_devices(&self, user: UserId) -> Result<Vec<String>, StoreError> {
-        social::push_devices(&self.trees, user)
+        let e = self.engine();
+        social::push_devices(&e.trees, user)
     }
 
     fn due_push_jobs(
@@ -714,23 +772,21 @@ impl Store for SledStore {
         now_ms: u64,
         limit: usize,
     ) -> Result<(Vec<PushJobRecord>, Option<u64>), StoreError> {
-        social::due_push_jobs(&self.trees, now_ms, limit)
+        let e = self.engine();
+        social::due_push_jobs(&e.trees, now_ms, limit)
     }
 
     fn message(&self, msg_id: MsgId) -> Result<Option<StoredMessage>, StoreError> {
-        let Some(raw) = self
-            .trees
-            .msgid_body
-            .get(u64_key(msg_id))
-            .map_err(from_sled)?
-        else {
+        let e = self.engine();
+        let Some(raw) = e.trees.msgid_body.get(u64_key(msg_id)).map_err(from_sled)? else {
             return Ok(None);
         };
         social::stored(0, msg_id, decode("message body", &raw)?).map(Some)
     }
 
     fn msg_id_floor(&self) -> Result<MsgId, StoreError> {
-        Self::read_u64(&self.trees.meta, META_MSGID_FLOOR, "msgid floor")
+        let e = self.engine();
+        Self::read_u64(&e.trees.meta, META_MSGID_FLOOR, "msgid floor")
     }
 
     fn expire_dedupe(
@@ -740,7 +796,8 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
         let _writing = self.writing();
-        let tree = &self.trees.userclientmsgid_dedupe;
+        let e = self.engine();
+        let tree = &e.trees.userclientmsgid_dedupe;
         // `resume` is the last key scanned by the previous call.
         let start = match &resume {
             Some(key) => Bound::Excluded(key.clone()),
@@ -774,7 +831,8 @@ impl Store for SledStore {
     }
 
     fn users_with_entries(&self, after: UserId, limit: usize) -> Result<Vec<UserId>, StoreError> {
-        owners_after(&self.trees.userseq_msgid, after, limit)
+        let e = self.engine();
+        owners_after(&e.trees.userseq_msgid, after, limit)
     }
 
     fn groups_with_timeline(
@@ -782,24 +840,27 @@ impl Store for SledStore {
         after: GroupId,
         limit: usize,
     ) -> Result<Vec<GroupId>, StoreError> {
-        owners_after(&self.trees.groupseq_msgid, after, limit)
+        let e = self.engine();
+        owners_after(&e.trees.groupseq_msgid, after, limit)
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
+        let e = self.engine();
         // `len` walks the tree: fine for operators and tests, not a hot path.
         Ok(StoreStats {
-            entries: self.trees.userseq_msgid.len() as u64,
-            bodies: self.trees.msgid_body.len() as u64,
-            disk_bytes: self.db.size_on_disk().map_err(from_sled)?,
+            entries: e.trees.userseq_msgid.len() as u64,
+            bodies: e.trees.msgid_body.len() as u64,
+            disk_bytes: e.db.size_on_disk().map_err(from_sled)?,
         })
     }
 
     fn list_users(&self, after: UserId, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        let e = self.engine();
         let Some(first) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
         let mut users = Vec::new();
-        for item in self.trees.userid_user.range(u64_key(first)..).take(limit) {
+        for item in e.trees.userid_user.range(u64_key(first)..).take(limit) {
             let (key, raw) = item.map_err(from_sled)?;
             let id = decode_u64("user key", &key)?;
             users.push(decode::<UserValue>("user", &raw)?.into_record(id));
@@ -809,7 +870,8 @@ impl Store for SledStore {
 
     fn set_disabled(&self, user: UserId, disabled: bool) -> Result<bool, StoreError> {
         let _writing = self.writing();
-        let found = accounts::update_user(&self.trees, user, |u| u.disabled = disabled)?;
+        let e = self.engine();
+        let found = accounts::update_user(&e.trees, user, |u| u.disabled = disabled)?;
         if found {
             self.sync()?;
         }
@@ -818,7 +880,8 @@ impl Store for SledStore {
 
     fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<bool, StoreError> {
         let _writing = self.writing();
-        let found = accounts::update_user(&self.trees, user, |u| {
+        let e = self.engine();
+        let found = accounts::update_user(&e.trees, user, |u| {
             u.password_hash = password_hash.to_owned()
         })?;
         if found {
@@ -829,7 +892,8 @@ impl Store for SledStore {
 
     fn delete_user_tokens(&self, user: UserId, device_id: Option<&str>) -> Result<u64, StoreError> {
         let _writing = self.writing();
-        let deleted = accounts::delete_user_tokens(&self.trees, user, device_id)?;
+        let e = self.engine();
+        let deleted = accounts::delete_user_tokens(&e.trees, user, device_id)?;
         if deleted > 0 {
             self.sync()?;
         }
@@ -838,22 +902,38 @@ impl Store for SledStore {
 
     fn backup(&self, target: &Path) -> Result<BackupReport, StoreError> {
         let _exclusive = self.write_gate.write().unwrap_or_else(|p| p.into_inner());
-        backup::copy(&self.db, target)
+        let e = self.engine();
+        backup::copy(&e.db, target)
+    }
+
+    fn space(&self, live_limit: u64) -> Result<SpaceUse, StoreError> {
+        compact::space(&self.engine(), live_limit)
+    }
+
+    fn compact(&self) -> Result<CompactReport, StoreError> {
+        compact::compact(self)
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
         let _writing = self.writing();
+        let e = self.engine();
         self.check_healthy()?;
         // The probe writes nothing when sends are refused for space: its
         // marker would be the write that fills the disk.
         self.check_space(true)?;
         let now = crate::clock::now_ms();
-        self.trees
+        e.trees
             .meta
             .insert(META_READY_PROBE, &u64_key(now))
             .map(drop)
             .map_err(from_sled)
     }
+}
+
+/// Whether `dir` holds sled's files of a store, in either layout (see
+/// [`layout`]).
+pub fn holds_store(dir: &Path) -> bool {
+    dir.join("db").exists() || dir.join(layout::POINTER_FILE).exists()
 }
 
 /// The distinct first halves (user or group ids) of a tree keyed by two

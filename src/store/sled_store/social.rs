@@ -198,7 +198,7 @@ pub(super) fn timeline(
         Bound::Excluded(pair_key(group, after_seq)),
         Bound::Included(pair_key(group, up_to)),
     );
-    let entries = store.trees.groupseq_msgid.range(range);
+    let entries = store.engine().trees.groupseq_msgid.range(range);
     let (messages, has_more, not_durable_from) = store.durable_page(entries, limit)?;
     Ok(TimelinePage {
         messages,

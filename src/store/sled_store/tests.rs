@@ -34,9 +34,15 @@ impl StoreFixture for SledFixture {
 
 store_contract_tests!(SledFixture::new(Durability::Fsync));
 
+/// Opens sled itself once a store just dropped has let go of its lock
+/// (sled's background threads release it a moment after the drop).
+fn open_sled(path: &Path) -> sled::Db {
+    super::open_db(&sled::Config::new().path(path)).expect("open sled")
+}
+
 /// Puts a raw value into `meta` behind the store's back.
 fn write_meta(path: &Path, key: &[u8], value: &[u8]) {
-    let db = sled::open(path).expect("open sled");
+    let db = open_sled(path);
     db.open_tree("meta")
         .expect("meta")
         .insert(key, value)
@@ -65,7 +71,7 @@ fn new_store_records_the_schema_version() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("data");
     drop(SledStore::open(&path, Durability::Buffered).unwrap());
-    let db = sled::open(&path).unwrap();
+    let db = open_sled(&path);
     let raw = db
         .open_tree("meta")
         .unwrap()
@@ -112,12 +118,14 @@ fn undecodable_record_is_corrupt_not_a_panic() {
     store.sync().unwrap();
     // A body whose length-delimited field runs past the end.
     store
+        .engine()
         .trees
         .msgid_body
         .insert(super::u64_key(msg_id(1, 0)), &[0x22, 0x10, b'a'][..])
         .unwrap();
     assert!(matches!(store.pull(2, 0, 10), Err(StoreError::Corrupt(_))));
     store
+        .engine()
         .trees
         .userid_maxseq
         .insert(super::u64_key(2), &[1u8][..])
@@ -185,7 +193,7 @@ fn a_schema_1_store_gets_its_tokens_indexed() {
     drop(SledStore::open(&path, Durability::Fsync).unwrap());
     {
         // What a version-1 pigeond left: a token without an index entry.
-        let db = sled::open(&path).unwrap();
+        let db = open_sled(&path);
         let token = crate::store::records::TokenValue {
             user_id: 7,
             device_id: "phone".into(),
@@ -206,7 +214,7 @@ fn a_schema_1_store_gets_its_tokens_indexed() {
     assert_eq!(store.delete_user_tokens(7, None).unwrap(), 1);
     assert!(store.token(&[9; 32]).unwrap().is_none());
     drop(store);
-    let db = sled::open(&path).unwrap();
+    let db = open_sled(&path);
     let raw = db
         .open_tree("meta")
         .unwrap()
@@ -317,4 +325,169 @@ fn pulls_show_only_what_a_sync_made_durable() {
     let store = SledStore::open(&dir.path().join("data"), Durability::Buffered).unwrap();
     store.apply(&[send(1, 2, msg_id(3, 0))]).unwrap();
     assert_eq!(store.pull(2, 0, 10).unwrap().messages.len(), 1);
+}
+
+/// Names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Copies a directory tree (test helper for crash states).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_compacted_store_lives_in_its_generation_and_the_old_files_are_gone() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
+    store.sync().unwrap();
+    store.compact().unwrap();
+    let names = listing(&path);
+    assert!(names.contains(&"sled.1".to_owned()), "{names:?}");
+    assert!(names.contains(&"sled.current".to_owned()), "{names:?}");
+    assert!(
+        !names.contains(&"db".to_owned()),
+        "generation 0 stays: {names:?}"
+    );
+    store.compact().unwrap();
+    let names = listing(&path);
+    assert!(names.contains(&"sled.2".to_owned()) && !names.contains(&"sled.1".to_owned()));
+    // Backup and verify read the new layout.
+    let copy = dir.path().join("copy");
+    store.backup(&copy).unwrap();
+    drop(store);
+    assert_eq!(
+        SledStore::open(&copy, Durability::Fsync)
+            .unwrap()
+            .max_seq(2)
+            .unwrap(),
+        1
+    );
+    let report = crate::store::verify(&path).unwrap();
+    assert!(report.is_clean(), "{}", report.render(&path));
+    assert!(crate::store::holds_store(&path));
+}
+
+/// A crash after the copy but before the pointer names it: the old
+/// generation is the store and the copy is removed at the next open.
+#[test]
+fn a_crash_before_the_switch_opens_the_old_store() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
+    store.sync().unwrap();
+    store.backup(&path.join("sled.1")).unwrap();
+    std::fs::create_dir(path.join("sled.2.partial")).unwrap();
+    store.apply(&[send(1, 2, msg_id(2, 0))]).unwrap();
+    store.sync().unwrap();
+    drop(store);
+
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    assert_eq!(
+        store.max_seq(2).unwrap(),
+        2,
+        "the old generation, with its later write"
+    );
+    let names = listing(&path);
+    assert!(names.iter().all(|n| !n.starts_with("sled.")), "{names:?}");
+}
+
+/// A crash after the switch but before the old files are deleted: the new
+/// generation is the store and the old files go at the next open.
+#[test]
+fn a_crash_after_the_switch_opens_the_new_store() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    let old = dir.path().join("old");
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
+    store.sync().unwrap();
+    store.fsync().unwrap();
+    copy_tree(&path, &old);
+    store.compact().unwrap();
+    store.apply(&[send(1, 2, msg_id(2, 0))]).unwrap();
+    store.sync().unwrap();
+    drop(store);
+    // Put generation 0's files back, as a crash before their removal leaves them.
+    for name in listing(&old) {
+        if name == "db" || name == "conf" || name.starts_with("snap.") {
+            std::fs::copy(old.join(&name), path.join(&name)).unwrap();
+        }
+    }
+
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    assert_eq!(store.max_seq(2).unwrap(), 2, "the new generation");
+    assert!(!path.join("db").exists(), "{:?}", listing(&path));
+}
+
+/// Writers and readers running through compactions: every batch applied
+/// is in the store afterwards and after a reopen, whole and in order.
+#[test]
+fn compactions_during_writes_and_reads_lose_nothing() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    let store = std::sync::Arc::new(SledStore::open(&path, Durability::Fsync).unwrap());
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..400u64 {
+                let ops = [
+                    send(1, 2, msg_id(1000 + i, 0)),
+                    send(3, 2, msg_id(1000 + i, 1)),
+                ];
+                store.apply(&ops).unwrap();
+                store.sync().unwrap();
+            }
+        })
+    };
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut last = 0;
+            while last < 800 {
+                let page = store.pull(2, 0, usize::MAX).unwrap();
+                let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+                assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+                assert!(seqs.len() as u64 >= last, "a read went back in time");
+                last = seqs.len() as u64;
+            }
+        })
+    };
+    let mut compactions = 0;
+    while !writer.is_finished() || compactions < 3 {
+        store.compact().unwrap();
+        compactions += 1;
+    }
+    writer.join().unwrap();
+    reader.join().unwrap();
+    let ids = |store: &SledStore| -> Vec<u64> {
+        let page = store.pull(2, 0, usize::MAX).unwrap();
+        page.messages.iter().map(|m| m.msg_id).collect()
+    };
+    let expected: Vec<u64> = (0..400u64)
+        .flat_map(|i| [msg_id(1000 + i, 0), msg_id(1000 + i, 1)])
+        .collect();
+    assert_eq!(ids(&store), expected);
+    drop(store);
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    assert_eq!(ids(&store), expected);
+    assert_eq!(store.max_seq(1).unwrap(), 400);
 }

@@ -73,7 +73,7 @@ impl VerifyReport {
 /// the check itself could not run (no such directory, in use, no space for
 /// the copy); damage is reported in the [`VerifyReport`].
 pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
-    if !dir.join("db").exists() && !dir.join(manifest::MANIFEST_FILE).exists() {
+    if !super::holds_store(dir) && !dir.join(manifest::MANIFEST_FILE).exists() {
         return Err(StoreError::Io(format!(
             "{} holds no pigeon store (no `db`, no {})",
             dir.display(),
@@ -129,7 +129,8 @@ fn verify_copy(copy: &Path) -> VerifyReport {
 
 /// Walks every tree and checks each record and the links between them.
 fn walk(store: &SledStore, report: &mut VerifyReport) {
-    let t = &store.trees;
+    let engine = store.engine();
+    let t = &engine.trees;
     let e = |e: StoreError| e.to_string();
 
     let floor = match t.meta.get(META_MSGID_FLOOR) {
