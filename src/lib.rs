@@ -278,6 +278,7 @@ impl Server {
             self.store.clone(),
             self.config.messaging.gc_interval,
             self.config.messaging.dedupe_window,
+            self.config.store.clone(),
             shutdown.clone(),
         ));
         // The worker only reads the outbox and writes through the committer,
@@ -328,6 +329,7 @@ impl Server {
             gateway,
             messaging,
             committer_thread,
+            store,
             ..
         } = self;
         // The writer thread exits when the last committer handle is dropped.
@@ -337,7 +339,26 @@ impl Server {
         if joined.is_err() {
             tracing::error!("waiting for the committer failed");
         }
+        release_store(store).await;
         tracing::info!("stopped");
+    }
+}
+
+/// How long a stopping server waits for the last reads (a blocking task
+/// that outlived its connection, a login's hash job) to let go of the store.
+const STORE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Drops the server's store once nothing else holds it, so the data
+/// directory's lock is free when `serve` returns (a restart in the same
+/// process, `pigeond backup` right after a stop).
+async fn release_store(store: Arc<dyn Store>) {
+    let deadline = tokio::time::Instant::now() + STORE_RELEASE_WAIT;
+    while Arc::strong_count(&store) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("the store is still in use; it closes when the last reader ends");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 

@@ -301,6 +301,7 @@ async fn callers_without_the_token_are_refused_and_nothing_changes() {
             "/v1/backup",
             Some(json!({ "to": "/tmp/pigeon-stolen" })),
         ),
+        ("POST", "/v1/compact", None),
         ("GET", "/v1/users", None),
         ("GET", "/metrics", None),
     ] {

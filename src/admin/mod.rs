@@ -14,6 +14,7 @@
 //!  POST /v1/users/NAME/devices/DEV/revoke token: the device's tokens revoked, its session kicked
 //!  GET  /v1/stats?top=N                   token: sessions by platform, deepest queues, store size
 //!  POST /v1/backup {to}                   token: consistent copy of the store into a new directory
+//!  POST /v1/compact                       token: rewrite the store into fresh files, give space back
 //! ```
 //!
 //! Every route but the two probes needs `Authorization: Bearer <token>`,

@@ -59,6 +59,7 @@ pub(super) async fn route(ctx: &Context, request: Request) -> Response {
         }
         ("GET", ["v1", "stats"]) => stats::stats(ctx, &request).await,
         ("POST", ["v1", "backup"]) => backup(ctx, &request).await,
+        ("POST", ["v1", "compact"]) => compact(ctx).await,
         _ => Err(Response::error(404, format!("no route {method} /{path}"))),
     };
     answer.unwrap_or_else(|refusal| refusal)
@@ -298,6 +299,21 @@ async fn backup(ctx: &Context, request: &Request) -> Answer {
             "records": report.records,
             "bytes": report.bytes,
             "millis": millis,
+        }),
+    ))
+}
+
+async fn compact(ctx: &Context) -> Answer {
+    tracing::info!("admin: compaction started; writes wait while the live data is copied");
+    let report = blocking(ctx, |s| s.compact()).await?;
+    Ok(Response::json(
+        200,
+        &serde_json::json!({
+            "disk_before": report.disk_before,
+            "disk_after": report.disk_after,
+            "records": report.records,
+            "live_bytes": report.live_bytes,
+            "writes_paused_ms": report.writes_paused_ms,
         }),
     ))
 }

@@ -35,6 +35,12 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "Message storage, dedupe and garbage collection.",
     ),
     (
+        "store",
+        "Giving the store's disk space back. sled never shrinks its files by\n\
+         itself; a compaction copies the live data into fresh files and deletes\n\
+         the old ones. Writes wait while the live data is copied.",
+    ),
+    (
         "admin",
         "The admin listener: /metrics, /healthz, /readyz and the admin API over\n\
          loopback HTTP with a bearer token. Never on the public port.",
@@ -225,6 +231,24 @@ pub const KEYS: &[KeyDoc] = &[
     key(
         "messaging.max_group_members",
         "No group grows above this many members (GROUP_FULL).",
+    ),
+    key(
+        "store.auto_compact",
+        "Compact after a collector sweep when the limits below say it pays\n\
+         (`pigeond admin compact` compacts on demand).",
+    ),
+    key(
+        "store.compact_min_disk_bytes",
+        "No automatic compaction while the store's files take less than this.",
+    ),
+    key(
+        "store.compact_ratio",
+        "Compact when the files take more than this many times the live data.",
+    ),
+    key(
+        "store.compact_max_live_bytes",
+        "No automatic compaction above this much live data: writes would wait\n\
+         too long for the copy.",
     ),
     key(
         "admin.listen",

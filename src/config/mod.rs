@@ -38,6 +38,8 @@ pub struct Config {
     pub accounts: Accounts,
     /// Message storage and garbage collection.
     pub messaging: Messaging,
+    /// Giving the store's disk space back (online compaction).
+    pub store: StoreSettings,
     /// The admin listener (/metrics, /healthz, /readyz, admin API).
     pub admin: Admin,
     /// Test only, never in a config file: from the environment variable
@@ -238,6 +240,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             accounts: Accounts::default(),
             messaging: Messaging::default(),
+            store: StoreSettings::default(),
             admin: Admin::default(),
             test_powerloss_snapshot: None,
             push: Push::default(),
@@ -304,6 +307,35 @@ impl Default for Messaging {
             recall_window: Duration::from_secs(120),
             large_group_threshold: 500,
             max_group_members: 100_000,
+        }
+    }
+}
+
+/// When the collector compacts the store to give disk space back (see
+/// `Store::compact`): after a sweep, if the store's files take at least
+/// `compact_min_disk_bytes` and more than `compact_ratio` times its live
+/// data, and the live data is at most `compact_max_live_bytes` (writes wait
+/// while it is copied).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Compact automatically after a collector sweep when it pays.
+    pub auto_compact: bool,
+    /// No automatic compaction while the files take less than this.
+    pub compact_min_disk_bytes: u64,
+    /// Compact when the files take more than this many times the live data.
+    pub compact_ratio: u32,
+    /// No automatic compaction when the live data is above this.
+    pub compact_max_live_bytes: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            auto_compact: true,
+            compact_min_disk_bytes: 64 * 1024 * 1024,
+            compact_ratio: 4,
+            compact_max_live_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -607,6 +639,9 @@ impl Config {
         }
         if self.messaging.gc_interval.is_zero() {
             return invalid("messaging.gc_interval", "must be above zero");
+        }
+        if self.store.compact_ratio < 2 {
+            return invalid("store.compact_ratio", "must be at least 2");
         }
         if let Some(addr) = self.admin.listen {
             if !addr.ip().is_loopback() && !self.admin.allow_non_loopback {

@@ -3,7 +3,8 @@
 //! user at once; this sweep catches entries that aged past the retention
 //! period or were held back by a device that has since gone inactive), then
 //! expires old dedupe records. Work per step is bounded, so a sweep never
-//! holds the writer for long.
+//! holds the writer for long. After each sweep it compacts the store when
+//! the store's files have outgrown its live data (see `compactor`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
+use crate::config::StoreSettings;
 use crate::error::ServiceError;
 
 use super::messaging::Messaging;
@@ -85,6 +87,7 @@ pub async fn run(
     store: Arc<dyn crate::store::Store>,
     interval: Duration,
     dedupe_window: Duration,
+    compaction: StoreSettings,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -102,6 +105,19 @@ pub async fn run(
         match result {
             Ok((users, dedupe)) => tracing::debug!(users, dedupe_expired = dedupe, "gc sweep done"),
             Err(e) => tracing::warn!(error = %e, "gc sweep failed; retrying next interval"),
+        }
+        // After the sweep: what it collected is what a compaction gives back.
+        let reader = store.clone();
+        let settings = compaction.clone();
+        let compacted = tokio::task::spawn_blocking(move || {
+            super::compactor::maybe_compact(reader.as_ref(), &settings)
+        });
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = compacted => r,
+        };
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "compaction failed; the store goes on in its current files");
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod collector;
 pub mod committer;
+pub mod compactor;
 pub mod hash_pool;
 pub mod messaging;
 pub mod outbox;
