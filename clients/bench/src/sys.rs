@@ -79,12 +79,20 @@ pub fn disk_usage(dir: &Path) -> Result<(u64, u64)> {
     let mut allocated = 0;
     let mut apparent = 0;
     let mut pending = vec![dir.to_owned()];
+    // A compaction may delete files and directories while they are walked:
+    // what is gone no longer takes space.
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     while let Some(next) = pending.pop() {
-        let entries =
-            std::fs::read_dir(&next).with_context(|| format!("cannot list {}", next.display()))?;
+        let entries = match std::fs::read_dir(&next) {
+            Err(e) if gone(&e) && next != dir => continue,
+            other => other.with_context(|| format!("cannot list {}", next.display()))?,
+        };
         for entry in entries {
             let entry = entry?;
-            let meta = entry.metadata()?;
+            let meta = match entry.metadata() {
+                Err(e) if gone(&e) => continue,
+                other => other?,
+            };
             if meta.is_dir() {
                 pending.push(entry.path());
             } else if meta.is_file() {
