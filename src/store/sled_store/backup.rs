@@ -16,8 +16,12 @@ use super::files::SyncFiles;
 use super::from_sled;
 use crate::store::{BackupReport, StoreError};
 
-/// Records per `apply_batch` into the copy: bounds the memory of one batch.
-const RECORDS_PER_BATCH: usize = 4096;
+/// Records per `apply_batch` into the copy. It bounds the memory of one
+/// batch, and it sets how much garbage sled's log collects while the copy
+/// is written: 100,000 sorted 51-byte records took 16 MB at 256 per batch
+/// against 29-32 MB at 2,048-4,096 (and 42 MB at 8) on this machine, so
+/// the copy a compaction leaves is about half the size.
+const RECORDS_PER_BATCH: usize = 256;
 
 /// Copies every tree of `db` into a new store at `target`. The caller must
 /// keep every write out until it returns.
