@@ -216,7 +216,7 @@ impl Server {
         };
         let token_path = self.config.admin.token_path(&self.config.data_dir);
         let token = admin::token::load_or_create(&token_path)?;
-        let context = admin::Context::new(
+        let mut context = admin::Context::new(
             self.store.clone(),
             self.gateway.accounts.clone(),
             self.messaging.clone(),
@@ -225,6 +225,7 @@ impl Server {
             self.serving.clone(),
             token,
         );
+        context.compact_max_live_bytes = self.config.store.compact_max_live_bytes;
         let server = admin::AdminServer::start(addr, Arc::new(context)).await?;
         let bound = server.addr();
         self.admin = Some(server);

@@ -197,3 +197,37 @@ async fn the_collector_compacts_by_itself_once_the_files_outgrow_the_live_data()
     assert_eq!(texts(&page), ["after"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_compaction_above_the_live_limit_needs_force_and_bad_input_is_refused() {
+    let server = TestServer::start(|config| {
+        settings(config);
+        config.store.compact_max_live_bytes = 1;
+    })
+    .await;
+    let (mut alice, _) = server.user("alice", "a1").await;
+    alice.send_ok("alice", "c1", "note to self").await;
+    let admin = server.admin_client();
+    let data = server.config.data_dir.clone();
+    let refused = admin.call("POST", "/v1/compact", None).await.unwrap();
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert!(refused.text().contains("force"), "{}", refused.text());
+    let bad = admin
+        .call("POST", "/v1/compact?force=maybe", None)
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(
+        !data.join("sled.current").exists(),
+        "refusals changed nothing"
+    );
+    let forced = admin
+        .call("POST", "/v1/compact?force=true", None)
+        .await
+        .unwrap();
+    assert_eq!(forced.status, 200, "{}", forced.text());
+    assert!(data.join("sled.current").exists());
+    let page = alice.pull(0, 10).await;
+    assert_eq!(texts(&page), ["note to self"]);
+    server.stop().await;
+}

@@ -70,7 +70,12 @@ enum AdminCommand {
     },
     /// Rewrite the store into fresh files holding only its live data, and
     /// give the rest of the disk space back. Writes wait during the copy.
-    Compact,
+    Compact {
+        /// Compact even above `store.compact_max_live_bytes` of live data
+        /// (writes wait about 1 s per 10 MB of it).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,10 +196,10 @@ pub fn run_admin(args: AdminArgs) -> Result<(), AdminError> {
             ("POST", path, None)
         }
         AdminCommand::Stats { top } => ("GET", format!("/v1/stats?top={top}"), None),
-        AdminCommand::Compact => ("POST", "/v1/compact".to_owned(), None),
+        AdminCommand::Compact { force } => ("POST", format!("/v1/compact?force={force}"), None),
     };
     let mut client = client_for(&config, &args.target)?;
-    if path == "/v1/compact" {
+    if path.starts_with("/v1/compact") {
         client = client.with_timeout(BACKUP_TIMEOUT);
     }
     let answer = runtime()?.block_on(client.call(method, &path, body.as_ref()))?;

@@ -14,7 +14,7 @@
 //!  POST /v1/users/NAME/devices/DEV/revoke token: the device's tokens revoked, its session kicked
 //!  GET  /v1/stats?top=N                   token: sessions by platform, deepest queues, store size
 //!  POST /v1/backup {to}                   token: consistent copy of the store into a new directory
-//!  POST /v1/compact                       token: rewrite the store into fresh files, give space back
+//!  POST /v1/compact[?force=true]          token: rewrite the store into fresh files, give space back
 //! ```
 //!
 //! Every route but the two probes needs `Authorization: Bearer <token>`,
@@ -134,6 +134,9 @@ pub struct Context {
     /// Store counters from the last scrape; `len()` walks trees, so
     /// scrapes reuse a recent value.
     pub(crate) store_stats: Mutex<Option<(Instant, StoreStats)>>,
+    /// Above this much live data a compaction must be forced (writes wait
+    /// while it is copied); `store.compact_max_live_bytes`.
+    pub compact_max_live_bytes: u64,
 }
 
 impl Context {
@@ -159,6 +162,7 @@ impl Context {
             serving,
             token,
             store_stats: Mutex::new(None),
+            compact_max_live_bytes: crate::config::StoreSettings::default().compact_max_live_bytes,
         }
     }
 }

@@ -59,7 +59,7 @@ pub(super) async fn route(ctx: &Context, request: Request) -> Response {
         }
         ("GET", ["v1", "stats"]) => stats::stats(ctx, &request).await,
         ("POST", ["v1", "backup"]) => backup(ctx, &request).await,
-        ("POST", ["v1", "compact"]) => compact(ctx).await,
+        ("POST", ["v1", "compact"]) => compact(ctx, &request).await,
         _ => Err(Response::error(404, format!("no route {method} /{path}"))),
     };
     answer.unwrap_or_else(|refusal| refusal)
@@ -303,7 +303,31 @@ async fn backup(ctx: &Context, request: &Request) -> Answer {
     ))
 }
 
-async fn compact(ctx: &Context) -> Answer {
+async fn compact(ctx: &Context, request: &Request) -> Answer {
+    let force = match request.query_param("force") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Response::error(
+                400,
+                format!("query parameter force must be true or false, not {other:?}"),
+            ))
+        }
+    };
+    if !force {
+        let limit = ctx.compact_max_live_bytes;
+        let space = blocking(ctx, move |s| s.space(limit)).await?;
+        if space.live_bytes.is_none() {
+            return Err(Response::error(
+                409,
+                format!(
+                    "the store holds more than store.compact_max_live_bytes ({limit} bytes) of \
+                     live data, and every write waits while a compaction copies it (about \
+                     10 MB/s on a small machine); compact with force=true when traffic is low"
+                ),
+            ));
+        }
+    }
     tracing::info!("admin: compaction started; writes wait while the live data is copied");
     let report = blocking(ctx, |s| s.compact()).await?;
     Ok(Response::json(

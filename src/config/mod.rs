@@ -335,7 +335,7 @@ impl Default for StoreSettings {
             auto_compact: true,
             compact_min_disk_bytes: 64 * 1024 * 1024,
             compact_ratio: 4,
-            compact_max_live_bytes: 256 * 1024 * 1024,
+            compact_max_live_bytes: 32 * 1024 * 1024,
         }
     }
 }
