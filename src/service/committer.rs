@@ -503,6 +503,92 @@ fn clone_error(e: &StoreError) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::contract::{msg_id, send};
+    use crate::store::{Durability, SledStore};
+    use std::sync::Mutex;
+
+    /// Records every notify, and checks at that moment that the store
+    /// already shows the entry to a pull (so it was synced first).
+    struct Checking {
+        store: Arc<dyn Store>,
+        seen: Mutex<Vec<(UserId, crate::store::Seq)>>,
+    }
+
+    impl Notifier for Checking {
+        fn notify(&self, user: UserId, max_seq: crate::store::Seq) {
+            let page = self.store.pull(user, max_seq - 1, 1).unwrap();
+            assert_eq!(
+                page.messages.len(),
+                1,
+                "notified of seq {max_seq} before it was durable"
+            );
+            self.seen.lock().unwrap().push((user, max_seq));
+        }
+        fn notify_group(&self, _: GroupId, _: crate::store::Seq, _: &[UserId]) {}
+        fn push(&self, _: UserId, _: Push) {}
+        fn wants_push(&self, _: UserId, _: &str) -> bool {
+            false
+        }
+    }
+
+    /// Sends from many tasks through the writer: each
+    /// is answered only once a pull shows it, notifies follow apply order
+    /// (each user's seqs rise by one), and answers come in submit order
+    /// per submitter.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_and_notifies_follow_durability_and_apply_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SledStore::open(dir.path(), Durability::Fsync).unwrap());
+        let notifier = Arc::new(Checking {
+            store: store.clone(),
+            seen: Mutex::new(Vec::new()),
+        });
+        let metrics = Arc::new(Metrics::default());
+        let (committer, thread) =
+            Committer::start(store.clone(), notifier.clone(), 64, metrics, None).unwrap();
+        let mut tasks = Vec::new();
+        for sender in 1..=8u64 {
+            let committer = committer.clone();
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut pending = Vec::new();
+                for i in 0..50 {
+                    let op = send(sender, 100, msg_id(1, sender * 1000 + i));
+                    pending.push(committer.submit(op).await.unwrap());
+                }
+                let mut last = 0;
+                for rx in pending {
+                    let WriteOutcome::Sent {
+                        sender_seq,
+                        recipient_seq,
+                        ..
+                    } = rx.await.unwrap().unwrap()
+                    else {
+                        panic!("not sent");
+                    };
+                    assert_eq!(sender_seq, last + 1, "answers out of order");
+                    last = sender_seq;
+                    let page = store.pull(100, recipient_seq - 1, 1).unwrap();
+                    assert_eq!(page.messages.len(), 1, "answered before it was durable");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        drop(committer);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap();
+        let seen = notifier.seen.lock().unwrap();
+        let to_recipient: Vec<_> = seen
+            .iter()
+            .filter(|(u, _)| *u == 100)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(to_recipient, (1..=400).collect::<Vec<_>>());
+    }
 
     #[test]
     fn msg_ids_grow_even_when_the_clock_steps_back() {
