@@ -424,6 +424,8 @@ pub struct Scrape {
     pub bodies: Option<u64>,
     /// Bytes the store uses on disk, if it answered.
     pub store_bytes: Option<u64>,
+    /// Compactions of the store since start.
+    pub compactions: crate::store::CompactionTotals,
     /// Whether the server is ready (see `/readyz`).
     pub ready: bool,
 }
@@ -638,6 +640,16 @@ impl Metrics {
                 n as i64,
             );
         }
+        counter(
+            o,
+            "pigeon_store_compactions_total",
+            "Compactions of the store (files rewritten to give space back).",
+            scrape.compactions.count,
+        );
+        let name = "pigeon_store_compaction_pause_seconds_total";
+        header(o, name, "Seconds writes waited for compactions.", "counter");
+        let paused = scrape.compactions.writes_paused_ms as f64 / 1000.0;
+        let _ = writeln!(o, "{name} {paused}");
         self.push.render(o);
         gauge(
             o,

@@ -107,6 +107,17 @@ async fn acked_messages_give_their_space_back_and_the_store_serves_on() {
     assert!(report["records"].as_u64().unwrap() > 0, "{report}");
     let listing = names(&server.config.data_dir);
     assert!(listing.contains(&"sled.current".to_owned()), "{listing:?}");
+    let scrape = server
+        .admin_client()
+        .call("GET", "/metrics", None)
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        scrape.contains("\npigeon_store_compactions_total 1\n"),
+        "{scrape}"
+    );
+    assert!(scrape.contains("\npigeon_store_compaction_pause_seconds_total "));
     assert!(
         !listing.contains(&"db".to_owned()),
         "old files left: {listing:?}"

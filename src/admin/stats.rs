@@ -37,6 +37,7 @@ pub(super) async fn metrics(ctx: &Context) -> Answer {
         queue_entries: store.as_ref().map(|s| s.entries),
         bodies: store.as_ref().map(|s| s.bodies),
         store_bytes: store.as_ref().map(|s| s.disk_bytes),
+        compactions: ctx.store.compaction_totals(),
         ready: ctx.serving.load(Ordering::Acquire) && committer.is_running(),
     };
     let mut response = Response::text(200, ctx.metrics.render(&scrape));

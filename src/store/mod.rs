@@ -564,6 +564,15 @@ pub struct CompactReport {
     pub writes_paused_ms: u64,
 }
 
+/// Compactions since the store was opened, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactionTotals {
+    /// Compactions that completed.
+    pub count: u64,
+    /// Milliseconds writes waited for them, summed.
+    pub writes_paused_ms: u64,
+}
+
 /// The storage interface of the messaging code.
 ///
 /// Reads see every write applied before them. Writes of one `apply` call are
@@ -742,6 +751,11 @@ pub trait Store: Send + Sync + 'static {
     /// on. A crash at any point leaves the store as it was before or after,
     /// both complete.
     fn compact(&self) -> Result<CompactReport, StoreError>;
+
+    /// What [`Store::compact`] has done since the store was opened.
+    fn compaction_totals(&self) -> CompactionTotals {
+        CompactionTotals::default()
+    }
 
     /// Check that the store still takes writes (for the readiness probe):
     /// writes a small marker record, without syncing.

@@ -226,6 +226,8 @@ pub struct SledStore {
     /// Taken shared by every write and exclusively by a backup or a
     /// compaction.
     write_gate: RwLock<()>,
+    /// Compactions done and the write pauses they cost, for metrics.
+    compactions: Mutex<super::CompactionTotals>,
     /// Test only: the power-loss injector (see [`powerloss`]); `None`
     /// unless [`SledStore::with_powerloss_snapshots`] was called.
     powerloss: Option<powerloss::PowerLoss>,
@@ -313,6 +315,7 @@ impl SledStore {
             failed: Mutex::new(None),
             visible_msg_id: std::sync::atomic::AtomicU64::new(0),
             write_gate: RwLock::new(()),
+            compactions: Mutex::new(super::CompactionTotals::default()),
             powerloss: None,
             _lock: lock,
         };
@@ -911,7 +914,15 @@ impl Store for SledStore {
     }
 
     fn compact(&self) -> Result<CompactReport, StoreError> {
-        compact::compact(self)
+        let report = compact::compact(self)?;
+        let mut totals = self.compactions.lock().unwrap_or_else(|p| p.into_inner());
+        totals.count += 1;
+        totals.writes_paused_ms += report.writes_paused_ms;
+        Ok(report)
+    }
+
+    fn compaction_totals(&self) -> super::CompactionTotals {
+        *self.compactions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
