@@ -59,6 +59,18 @@ fn copy_into(db: &sled::Db, dir: &Path) -> Result<BackupReport, StoreError> {
         .flush_every_ms(None)
         .open()
         .map_err(from_sled)?;
+    let report = copy_trees(db, &copy)?;
+    copy.flush().map_err(from_sled)?;
+    // flush() is not an fsync (STORE-NOTES 2): sync sled's files, the new
+    // directory and its entry in the parent.
+    SyncFiles::open(dir, true)?.fsync()?;
+    Ok(report)
+}
+
+/// Copies every record of every tree of `db` into `copy`, in key order,
+/// [`RECORDS_PER_BATCH`] at a time. What the copy sees of writes made
+/// meanwhile is up to the caller (a backup holds them all off).
+pub(super) fn copy_trees(db: &sled::Db, copy: &sled::Db) -> Result<BackupReport, StoreError> {
     let mut report = BackupReport::default();
     for name in db.tree_names() {
         let source = db.open_tree(&name).map_err(from_sled)?;
@@ -81,10 +93,6 @@ fn copy_into(db: &sled::Db, dir: &Path) -> Result<BackupReport, StoreError> {
         target.apply_batch(batch).map_err(from_sled)?;
         report.trees += 1;
     }
-    copy.flush().map_err(from_sled)?;
-    // flush() is not an fsync (STORE-NOTES 2): sync sled's files, the new
-    // directory and its entry in the parent.
-    SyncFiles::open(dir, true)?.fsync()?;
     Ok(report)
 }
 
