@@ -69,10 +69,10 @@ enum AdminCommand {
         top: usize,
     },
     /// Rewrite the store into fresh files holding only its live data, and
-    /// give the rest of the disk space back. Writes wait during the copy.
+    /// give the rest of the disk space back. Writes go on during the copy.
     Compact {
         /// Compact even above `store.compact_max_live_bytes` of live data
-        /// (writes wait about 1 s per 10 MB of it).
+        /// (the copy takes about 1 s per 10 MB of it, competing with traffic).
         #[arg(long)]
         force: bool,
     },

@@ -134,8 +134,8 @@ pub struct Context {
     /// Store counters from the last scrape; `len()` walks trees, so
     /// scrapes reuse a recent value.
     pub(crate) store_stats: Mutex<Option<(Instant, StoreStats)>>,
-    /// Above this much live data a compaction must be forced (writes wait
-    /// while it is copied); `store.compact_max_live_bytes`.
+    /// Above this much live data a compaction must be forced (the copy
+    /// costs CPU and I/O in proportion); `store.compact_max_live_bytes`.
     pub compact_max_live_bytes: u64,
 }
 

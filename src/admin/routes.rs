@@ -322,13 +322,13 @@ async fn compact(ctx: &Context, request: &Request) -> Answer {
                 409,
                 format!(
                     "the store holds more than store.compact_max_live_bytes ({limit} bytes) of \
-                     live data, and every write waits while a compaction copies it (about \
-                     10 MB/s on a small machine); compact with force=true when traffic is low"
+                     live data; a compaction copies all of it (about 10 MB/s on a small \
+                     machine, competing with traffic): compact with force=true when traffic is low"
                 ),
             ));
         }
     }
-    tracing::info!("admin: compaction started; writes wait while the live data is copied");
+    tracing::info!("admin: compaction started; writes go on while the live data is copied");
     let report = blocking(ctx, |s| s.compact()).await?;
     Ok(Response::json(
         200,

@@ -314,8 +314,8 @@ impl Default for Messaging {
 /// When the collector compacts the store to give disk space back (see
 /// `Store::compact`): after a sweep, if the store's files take at least
 /// `compact_min_disk_bytes` and more than `compact_ratio` times its live
-/// data, and the live data is at most `compact_max_live_bytes` (writes wait
-/// while it is copied).
+/// data, and the live data is at most `compact_max_live_bytes` (the copy
+/// costs CPU and I/O in proportion to it).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
@@ -334,7 +334,7 @@ impl Default for StoreSettings {
         StoreSettings {
             auto_compact: true,
             compact_min_disk_bytes: 64 * 1024 * 1024,
-            compact_ratio: 4,
+            compact_ratio: 8,
             compact_max_live_bytes: 32 * 1024 * 1024,
         }
     }

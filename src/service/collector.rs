@@ -93,6 +93,8 @@ pub async fn run(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate; start one interval in
+                         // The disk use the last compaction left (see `compactor`).
+    let mut last_compacted = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -109,14 +111,20 @@ pub async fn run(
         // After the sweep: what it collected is what a compaction gives back.
         let reader = store.clone();
         let settings = compaction.clone();
+        let mut last = last_compacted;
         let compacted = tokio::task::spawn_blocking(move || {
-            super::compactor::maybe_compact(reader.as_ref(), &settings)
+            let result = super::compactor::maybe_compact(reader.as_ref(), &settings, &mut last);
+            (result, last)
         });
-        let result = tokio::select! {
+        let (result, last) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = compacted => r,
+            r = compacted => match r {
+                Ok(done) => done,
+                Err(_) => return,
+            },
         };
-        if let Ok(Err(e)) = result {
+        last_compacted = last;
+        if let Err(e) = result {
             tracing::warn!(error = %e, "compaction failed; the store goes on in its current files");
         }
     }

@@ -2,15 +2,20 @@
 //! after every sweep. Reading the disk use is cheap; counting the live data
 //! reads the store, so it happens only above `compact_min_disk_bytes` and
 //! stops as soon as the count shows the files are not `compact_ratio`
-//! times larger (or the live data too large to copy without a long pause).
+//! times larger (or the live data more than a compaction should copy).
 
 use crate::config::StoreSettings;
 use crate::store::{CompactReport, Store, StoreError};
 
 /// Compacts `store` if `settings` say it pays now; `None` if not.
+/// `last_after` is the disk use the last compaction of this process left
+/// (updated here): sled's fresh files are already 3–5 times the live data,
+/// so the store is compacted again only once its files have doubled since,
+/// never over and over at the same size.
 pub fn maybe_compact(
     store: &dyn Store,
     settings: &StoreSettings,
+    last_after: &mut Option<u64>,
 ) -> Result<Option<CompactReport>, StoreError> {
     if !settings.auto_compact {
         return Ok(None);
@@ -18,6 +23,9 @@ pub fn maybe_compact(
     // A limit of 0 stops at the first record: only the disk use is read.
     let disk = store.space(0)?.disk_bytes;
     if disk < settings.compact_min_disk_bytes {
+        return Ok(None);
+    }
+    if last_after.is_some_and(|after| disk < after.saturating_mul(2)) {
         return Ok(None);
     }
     let worth = disk / u64::from(settings.compact_ratio.max(1));
@@ -29,7 +37,9 @@ pub fn maybe_compact(
                 live_bytes = live,
                 "the store's files hold much more than its live data: compacting"
             );
-            store.compact().map(Some)
+            let report = store.compact()?;
+            *last_after = Some(report.disk_after);
+            Ok(Some(report))
         }
         None => Ok(None),
     }
@@ -44,7 +54,7 @@ mod tests {
         StoreSettings {
             auto_compact: true,
             compact_min_disk_bytes: min_disk,
-            compact_ratio: 4,
+            compact_ratio: 8,
             compact_max_live_bytes: 1 << 30,
         }
     }
@@ -58,27 +68,30 @@ mod tests {
             store.create_user(&format!("u{i}"), "hash", 1).unwrap();
         }
         let disk = store.space(0).unwrap().disk_bytes;
-        assert!(maybe_compact(&store, &settings(disk + 1))
-            .unwrap()
-            .is_none());
+        let mut last = None;
+        let below_minimum = maybe_compact(&store, &settings(disk + 1), &mut last);
+        assert!(below_minimum.unwrap().is_none());
         let off = StoreSettings {
             auto_compact: false,
             ..settings(0)
         };
-        assert!(maybe_compact(&store, &off).unwrap().is_none());
+        assert!(maybe_compact(&store, &off, &mut last).unwrap().is_none());
         let tight = StoreSettings {
             compact_max_live_bytes: 10,
             ..settings(0)
         };
-        assert!(maybe_compact(&store, &tight).unwrap().is_none());
-        let report = maybe_compact(&store, &settings(0))
+        assert!(maybe_compact(&store, &tight, &mut last).unwrap().is_none());
+        let report = maybe_compact(&store, &settings(0), &mut last)
             .unwrap()
             .expect("compacted");
         assert!(report.records >= 10, "{report:?}");
-        assert!(
-            dir.path().join("sled.current").exists(),
-            "switched to the copy"
-        );
+        assert_eq!(last, Some(report.disk_after));
+        assert!(dir.path().join("sled.1").exists(), "switched to the copy");
         assert!(store.user_by_name("u9").unwrap().is_some());
+        // The fresh files are still far larger than ten users: no second
+        // compaction until they have doubled.
+        let again = maybe_compact(&store, &settings(0), &mut last);
+        assert!(again.unwrap().is_none());
+        assert!(dir.path().join("sled.1").exists(), "still generation 1");
     }
 }

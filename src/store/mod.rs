@@ -746,10 +746,10 @@ pub trait Store: Send + Sync + 'static {
     fn space(&self, live_limit: u64) -> Result<SpaceUse, StoreError>;
 
     /// Rewrite the store into fresh files holding only its live records
-    /// and give the old files' space back to the filesystem. Writes wait
-    /// while the live data is copied (as for [`Store::backup`]); reads go
-    /// on. A crash at any point leaves the store as it was before or after,
-    /// both complete.
+    /// and give the old files' space back to the filesystem. Reads and
+    /// writes go on while the live data is copied; writes wait only for the
+    /// last few keys and the switch. A crash at any point leaves the store
+    /// as it was before or after, both complete.
     fn compact(&self) -> Result<CompactReport, StoreError>;
 
     /// What [`Store::compact`] has done since the store was opened.
