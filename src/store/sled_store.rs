@@ -226,8 +226,14 @@ pub struct SledStore {
     /// Taken shared by every write and exclusively by a backup or a
     /// compaction.
     write_gate: RwLock<()>,
-    /// Compactions done and the write pauses they cost, for metrics.
+    /// Compactions done and the write pauses they cost, for metrics. Held
+    /// for a whole compaction, so a second one (the collector's and an
+    /// operator's at once) waits for the first instead of writing into the
+    /// same new generation.
     compactions: Mutex<super::CompactionTotals>,
+    /// Copies of the totals for scrapes.
+    compaction_totals_now: std::sync::atomic::AtomicU64,
+    compaction_paused_ms: std::sync::atomic::AtomicU64,
     /// Test only: the power-loss injector (see [`powerloss`]); `None`
     /// unless [`SledStore::with_powerloss_snapshots`] was called.
     powerloss: Option<powerloss::PowerLoss>,
@@ -316,6 +322,8 @@ impl SledStore {
             visible_msg_id: std::sync::atomic::AtomicU64::new(0),
             write_gate: RwLock::new(()),
             compactions: Mutex::new(super::CompactionTotals::default()),
+            compaction_totals_now: std::sync::atomic::AtomicU64::new(0),
+            compaction_paused_ms: std::sync::atomic::AtomicU64::new(0),
             powerloss: None,
             _lock: lock,
         };
@@ -914,15 +922,29 @@ impl Store for SledStore {
     }
 
     fn compact(&self) -> Result<CompactReport, StoreError> {
-        let report = compact::compact(self)?;
         let mut totals = self.compactions.lock().unwrap_or_else(|p| p.into_inner());
+        let report = compact::compact(self)?;
         totals.count += 1;
         totals.writes_paused_ms += report.writes_paused_ms;
+        self.compaction_totals_now
+            .store(totals.count, std::sync::atomic::Ordering::Relaxed);
+        self.compaction_paused_ms.store(
+            totals.writes_paused_ms,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(report)
     }
 
     fn compaction_totals(&self) -> super::CompactionTotals {
-        *self.compactions.lock().unwrap_or_else(|p| p.into_inner())
+        // Not the mutex: a scrape must not wait for a running compaction.
+        super::CompactionTotals {
+            count: self
+                .compaction_totals_now
+                .load(std::sync::atomic::Ordering::Relaxed),
+            writes_paused_ms: self
+                .compaction_paused_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {

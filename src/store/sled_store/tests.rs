@@ -573,3 +573,30 @@ fn a_store_compacted_during_writes_equals_one_that_was_not() {
     assert!(compactions >= 2);
     assert_eq!(dump(&compacted), dump(&plain));
 }
+
+/// Two compactions asked for at once (the collector's and an operator's)
+/// run one after the other, each complete.
+#[test]
+fn simultaneous_compactions_take_turns() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    let store = std::sync::Arc::new(SledStore::open(&path, Durability::Fsync).unwrap());
+    let ops: Vec<_> = (0..200).map(|i| send(1, 2, msg_id(100 + i, 0))).collect();
+    store.apply(&ops).unwrap();
+    store.sync().unwrap();
+    let compactions: Vec<_> = (0..3)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || store.compact().unwrap())
+        })
+        .collect();
+    for compaction in compactions {
+        compaction.join().unwrap();
+    }
+    assert_eq!(store.compaction_totals().count, 3);
+    assert!(path.join("sled.3").exists(), "{:?}", listing(&path));
+    assert_eq!(store.pull(2, 0, 1000).unwrap().messages.len(), 200);
+    drop(store);
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    assert_eq!(store.max_seq(2).unwrap(), 200);
+}
