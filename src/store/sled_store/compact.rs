@@ -82,8 +82,22 @@ pub(super) fn compact(store: &SledStore) -> Result<CompactReport, StoreError> {
     let (engine, copied, writes_paused_ms) = match result {
         Ok(done) => done,
         Err(e) => {
-            // Before the switch the old generation is still the store.
-            let _ = layout::remove_generation(&store.path, next);
+            match layout::current(&store.path) {
+                // Failed before the switch: the old generation is still
+                // the store, and the copy goes.
+                Ok((current, _)) if current != next => {
+                    let _ = layout::remove_generation(&store.path, next);
+                }
+                // The pointer's rename happened but did not complete (its
+                // fsync failed), or cannot be read: either generation may
+                // be the one the next start opens, and both are complete.
+                // Take no more writes, so that they stay equal; pigeond
+                // stops and starts again on whichever it is.
+                _ => {
+                    let reason = format!("switching to the compacted store failed: {e}");
+                    let _ = store.track::<()>(Err(StoreError::Io(reason)));
+                }
+            }
             return Err(e);
         }
     };
