@@ -226,14 +226,14 @@ pub struct SledStore {
     /// Taken shared by every write and exclusively by a backup or a
     /// compaction.
     write_gate: RwLock<()>,
-    /// Compactions done and the write pauses they cost, for metrics. Held
-    /// for a whole compaction, so a second one (the collector's and an
+    /// Held for a whole compaction, so a second one (the collector's and an
     /// operator's at once) waits for the first instead of writing into the
     /// same new generation.
-    compactions: Mutex<super::CompactionTotals>,
-    /// Copies of the totals for scrapes.
-    compaction_totals_now: std::sync::atomic::AtomicU64,
-    compaction_paused_ms: std::sync::atomic::AtomicU64,
+    compacting: Mutex<()>,
+    /// Compactions done and the milliseconds writes waited for them, for
+    /// metrics (read without waiting for a running compaction).
+    compactions_done: std::sync::atomic::AtomicU64,
+    compactions_paused_ms: std::sync::atomic::AtomicU64,
     /// Test only: the power-loss injector (see [`powerloss`]); `None`
     /// unless [`SledStore::with_powerloss_snapshots`] was called.
     powerloss: Option<powerloss::PowerLoss>,
@@ -321,9 +321,9 @@ impl SledStore {
             failed: Mutex::new(None),
             visible_msg_id: std::sync::atomic::AtomicU64::new(0),
             write_gate: RwLock::new(()),
-            compactions: Mutex::new(super::CompactionTotals::default()),
-            compaction_totals_now: std::sync::atomic::AtomicU64::new(0),
-            compaction_paused_ms: std::sync::atomic::AtomicU64::new(0),
+            compacting: Mutex::new(()),
+            compactions_done: std::sync::atomic::AtomicU64::new(0),
+            compactions_paused_ms: std::sync::atomic::AtomicU64::new(0),
             powerloss: None,
             _lock: lock,
         };
@@ -531,6 +531,7 @@ impl SledStore {
     /// entry held back.
     fn durable_page(
         &self,
+        trees: &Trees,
         mut entries: sled::Iter,
         limit: usize,
     ) -> Result<(Vec<StoredMessage>, bool, Option<Seq>), StoreError> {
@@ -543,7 +544,7 @@ impl SledStore {
             if msg_id > visible {
                 return Ok((messages, false, Some(seq)));
             }
-            messages.push(self.stored_message(seq, msg_id)?);
+            messages.push(stored_message(trees, seq, msg_id)?);
         }
         let has_more = match entries.next().transpose().map_err(from_sled)? {
             Some((_, value)) => decode_u64("queue entry", &value)? <= visible,
@@ -551,18 +552,17 @@ impl SledStore {
         };
         Ok((messages, has_more, None))
     }
+}
 
-    /// The stored message a queue entry at `seq` points at.
-    fn stored_message(&self, seq: Seq, msg_id: MsgId) -> Result<StoredMessage, StoreError> {
-        let e = self.engine();
-        let Some(raw) = e.trees.msgid_body.get(u64_key(msg_id)).map_err(from_sled)? else {
-            return Err(StoreError::Corrupt(format!(
-                "queue entry {seq} has no body {msg_id}"
-            )));
-        };
-        let body: BodyValue = decode("message body", &raw)?;
-        social::stored(seq, msg_id, body)
-    }
+/// The stored message a queue entry at `seq` points at.
+fn stored_message(trees: &Trees, seq: Seq, msg_id: MsgId) -> Result<StoredMessage, StoreError> {
+    let Some(raw) = trees.msgid_body.get(u64_key(msg_id)).map_err(from_sled)? else {
+        return Err(StoreError::Corrupt(format!(
+            "queue entry {seq} has no body {msg_id}"
+        )));
+    };
+    let body: BodyValue = decode("message body", &raw)?;
+    social::stored(seq, msg_id, body)
 }
 
 impl Store for SledStore {
@@ -718,7 +718,7 @@ impl Store for SledStore {
         };
         let range = user_seq_key(user, first)..=user_seq_key(user, Seq::MAX);
         let entries = e.trees.userseq_msgid.range(range);
-        let (messages, has_more, held_back) = self.durable_page(entries, limit)?;
+        let (messages, has_more, held_back) = self.durable_page(&e.trees, entries, limit)?;
         Ok(Page {
             messages,
             // Not durable yet: the queue ends below it for now (the notify
@@ -922,28 +922,20 @@ impl Store for SledStore {
     }
 
     fn compact(&self) -> Result<CompactReport, StoreError> {
-        let mut totals = self.compactions.lock().unwrap_or_else(|p| p.into_inner());
+        use std::sync::atomic::Ordering::Relaxed;
+        let _turn = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         let report = compact::compact(self)?;
-        totals.count += 1;
-        totals.writes_paused_ms += report.writes_paused_ms;
-        self.compaction_totals_now
-            .store(totals.count, std::sync::atomic::Ordering::Relaxed);
-        self.compaction_paused_ms.store(
-            totals.writes_paused_ms,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.compactions_done.fetch_add(1, Relaxed);
+        self.compactions_paused_ms
+            .fetch_add(report.writes_paused_ms, Relaxed);
         Ok(report)
     }
 
     fn compaction_totals(&self) -> super::CompactionTotals {
-        // Not the mutex: a scrape must not wait for a running compaction.
+        use std::sync::atomic::Ordering::Relaxed;
         super::CompactionTotals {
-            count: self
-                .compaction_totals_now
-                .load(std::sync::atomic::Ordering::Relaxed),
-            writes_paused_ms: self
-                .compaction_paused_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
+            count: self.compactions_done.load(Relaxed),
+            writes_paused_ms: self.compactions_paused_ms.load(Relaxed),
         }
     }
 

@@ -28,6 +28,12 @@ const GENERATION_PREFIX: &str = "sled.";
 /// sled's own names in a generation's directory.
 const SLED_FILES: &[&str] = &["conf", "db", "blobs"];
 
+/// Whether `name` is one of sled's files (generation 0's, in the data
+/// directory itself).
+fn is_sled_file(name: &str) -> bool {
+    SLED_FILES.contains(&name) || name.starts_with("snap.")
+}
+
 fn io_error(what: &str, path: &Path, error: io::Error) -> StoreError {
     StoreError::Io(format!("{what} {}: {error}", path.display()))
 }
@@ -92,7 +98,7 @@ pub(super) fn tidy(data: &Path, current: u64) -> Result<(), StoreError> {
             Some(copy) => parse_generation(copy).is_some(),
             None => parse_generation(name).is_some_and(|n| n != current),
         };
-        let legacy = current > 0 && (SLED_FILES.contains(&name) || name.starts_with("snap."));
+        let legacy = current > 0 && is_sled_file(name);
         if stale || legacy || name == POINTER_TMP {
             remove(&entry.path())?;
         }
@@ -110,7 +116,7 @@ pub(super) fn remove_generation(data: &Path, n: u64) -> Result<(), StoreError> {
         let entry = entry.map_err(|e| io_error("cannot list", data, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if SLED_FILES.contains(&name) || name.starts_with("snap.") {
+        if is_sled_file(name) {
             remove(&entry.path())?;
         }
     }

@@ -198,8 +198,10 @@ pub(super) fn timeline(
         Bound::Excluded(pair_key(group, after_seq)),
         Bound::Included(pair_key(group, up_to)),
     );
-    let entries = store.engine().trees.groupseq_msgid.range(range);
-    let (messages, has_more, not_durable_from) = store.durable_page(entries, limit)?;
+    let engine = store.engine();
+    let entries = engine.trees.groupseq_msgid.range(range);
+    let (messages, has_more, not_durable_from) =
+        store.durable_page(&engine.trees, entries, limit)?;
     Ok(TimelinePage {
         messages,
         has_more,
