@@ -221,6 +221,7 @@ fn pull_ack_collect(c: &mut Criterion) {
                             device_id: "bench".into(),
                             seq: top,
                             now_ms: now,
+                            if_present: false,
                         },
                         WriteOp::Collect {
                             user: bob,

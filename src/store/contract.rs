@@ -43,6 +43,7 @@ macro_rules! store_contract_tests {
             refused_op_does_not_abort_the_batch,
             pull_pages_through_the_queue,
             ack_moves_forward_only_and_refuses_beyond_max,
+            deferred_ack_moves_only_an_existing_device,
             touch_creates_then_updates_device,
             devices_are_listed_by_device_id,
             collect_stops_at_lowest_cursor_of_active_devices,
@@ -112,6 +113,7 @@ fn ack(user: UserId, device: &str, seq: Seq, now_ms: u64) -> WriteOp {
         device_id: device.into(),
         seq,
         now_ms,
+        if_present: false,
     }
 }
 

@@ -183,7 +183,8 @@ pub enum WriteOp {
     },
     /// Move a device's cursor forward to `seq` (never backwards) and mark it
     /// active. Refused with [`WriteOutcome::AckBeyondMax`] if `seq` is above
-    /// the user's max seq. Creates the device record if missing.
+    /// the user's max seq. Creates the device record if missing, unless
+    /// `if_present`.
     Ack {
         /// Whose device.
         user: UserId,
@@ -193,6 +194,11 @@ pub enum WriteOp {
         seq: Seq,
         /// Now, ms since the epoch.
         now_ms: u64,
+        /// Only move the cursor of a device that still has a record; a
+        /// missing one stays missing (answered `Acked { acked_seq: 0 }`).
+        /// A deferred ack uses it so that it cannot bring back a device
+        /// revoked in the meantime.
+        if_present: bool,
     },
     /// Create a group owned by `owner` with `members` (the owner is added
     /// if missing). Writes the group, the members, a CREATED event in every

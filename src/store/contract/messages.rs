@@ -219,3 +219,33 @@ pub fn ack_moves_forward_only_and_refuses_beyond_max(fx: &mut impl StoreFixture)
         WriteOutcome::AckBeyondMax { max_seq: 0 }
     );
 }
+
+/// A deferred ack (`if_present`) moves an existing device's cursor like any
+/// ack, and leaves a missing (revoked) device missing.
+pub fn deferred_ack_moves_only_an_existing_device(fx: &mut impl StoreFixture) {
+    let store = fx.open();
+    fill(&store, 3);
+    let deferred = |device: &str, seq: Seq, now_ms: u64| WriteOp::Ack {
+        user: 2,
+        device_id: device.into(),
+        seq,
+        now_ms,
+        if_present: true,
+    };
+    apply_one(&store, touch(2, "phone", 1, 100));
+    assert_eq!(
+        apply_one(&store, deferred("phone", 2, 200)),
+        WriteOutcome::Acked { acked_seq: 2 }
+    );
+    let phone = store.device(2, "phone").unwrap().expect("still there");
+    assert_eq!((phone.acked_seq, phone.last_active_ms), (2, 200));
+    assert_eq!(
+        apply_one(&store, deferred("gone", 3, 300)),
+        WriteOutcome::Acked { acked_seq: 0 }
+    );
+    assert!(store.device(2, "gone").unwrap().is_none(), "not created");
+    assert_eq!(
+        apply_one(&store, deferred("phone", 4, 300)),
+        WriteOutcome::AckBeyondMax { max_seq: 3 }
+    );
+}

@@ -315,7 +315,8 @@ impl Batch<'_> {
                 device_id,
                 seq,
                 now_ms,
-            } => self.ack(*user, device_id, *seq, *now_ms),
+                if_present,
+            } => self.ack(*user, device_id, *seq, *now_ms, *if_present),
             WriteOp::Collect {
                 user,
                 active_since_ms,
@@ -536,19 +537,24 @@ impl Batch<'_> {
         device_id: &str,
         seq: Seq,
         now_ms: u64,
+        if_present: bool,
     ) -> TxResult<WriteOutcome> {
         let max_seq = self.max_seq(user)?;
         if seq > max_seq {
             return Ok(WriteOutcome::AckBeyondMax { max_seq });
         }
         let key = user_str_key(user, device_id);
-        // A device acking before any Touch: its platform is unknown (0).
-        let mut device = self.device(&key)?.unwrap_or(DeviceValue {
-            platform: 0,
-            created_at_ms: now_ms,
-            last_active_ms: now_ms,
-            acked_seq: 0,
-        });
+        let mut device = match self.device(&key)? {
+            Some(device) => device,
+            None if if_present => return Ok(WriteOutcome::Acked { acked_seq: 0 }),
+            // A device acking before any Touch: its platform is unknown (0).
+            None => DeviceValue {
+                platform: 0,
+                created_at_ms: now_ms,
+                last_active_ms: now_ms,
+                acked_seq: 0,
+            },
+        };
         device.acked_seq = device.acked_seq.max(seq);
         device.last_active_ms = now_ms;
         self.put_device(key, &device)?;

@@ -540,6 +540,7 @@ fn a_store_compacted_during_writes_equals_one_that_was_not() {
                         device_id: "tab".into(),
                         seq: (i / 5).max(1) - 1,
                         now_ms: 5_000 + i,
+                        if_present: false,
                     });
                     batch.push(WriteOp::Collect {
                         user,
