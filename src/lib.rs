@@ -153,6 +153,7 @@ impl Server {
             large_group_threshold: m.large_group_threshold,
             max_group_members: m.max_group_members,
             push_preview: config.push.content_preview,
+            ack_write_interval: m.ack_write_interval,
         };
         let push = match (providers, push_settings) {
             (Some(providers), Some(settings)) => {
@@ -260,6 +261,12 @@ impl Server {
         self.messaging.committer().stats()
     }
 
+    /// Writes the acknowledgements pulls recorded, on demand (for tools and
+    /// tests that inspect the store while serving).
+    pub fn ack_writer(&self) -> service::acks::AckWriter {
+        service::acks::AckWriter::new(&self.messaging)
+    }
+
     /// The store, for tools and tests that inspect it while serving.
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
@@ -281,6 +288,14 @@ impl Server {
             self.config.messaging.dedupe_window,
             self.config.store.clone(),
             shutdown.clone(),
+        ));
+        // Writes the acknowledgements pulls record. It stops after the last
+        // connection, so that what the last pulls recorded is written too.
+        let acks_stop = CancellationToken::new();
+        let ack_writer = tokio::spawn(service::acks::run(
+            self.messaging.clone(),
+            self.messaging.ack_write_interval(),
+            acks_stop.clone(),
         ));
         // The worker only reads the outbox and writes through the committer,
         // so it never holds up the message path.
@@ -311,6 +326,10 @@ impl Server {
         // timeouts.shutdown ran out.
         let gateway = self.gateway.clone().serve(listener, shutdown);
         tokio::join!(gateway, announce_stopping);
+        acks_stop.cancel();
+        if let Err(e) = ack_writer.await {
+            tracing::error!(error = %e, "the ack writer failed");
+        }
         // The collector stops on the same token; a panic in it is a bug to log.
         if let Err(e) = collector.await {
             tracing::error!(error = %e, "the collector task failed");

@@ -255,6 +255,8 @@ impl<'a> World<'a> {
             } => self.impersonate(device, victim, other_device).await,
             Request::Recall { device, pick } => self.recall(device, pick).await,
         }
+        // Pulls record their acknowledgement; the store has it once written.
+        self.server.acks.write_now().await;
         self.check_store();
     }
 
@@ -381,7 +383,8 @@ impl<'a> World<'a> {
         let Body::Pulled(page) = answer else {
             panic!("pull after {after}: {answer:?}")
         };
-        self.advance(device, page.acked_seq, cursor.max(after));
+        self.advance(device, page.acked_seq, cursor.max(after))
+            .await;
         assert_eq!(page.max_seq, max_seq);
         let q = &self.queues[user];
         let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
@@ -430,12 +433,13 @@ impl<'a> World<'a> {
         let Body::Acked(acked) = answer else {
             panic!("ack {seq}: {answer:?}")
         };
-        self.advance(device, acked.acked_seq, cursor.max(seq));
+        self.advance(device, acked.acked_seq, cursor.max(seq)).await;
     }
 
-    /// The cursor after an ack: as predicted, never backwards; the ack also
-    /// collected everything every device of the user acked.
-    fn advance(&mut self, device: usize, answered: u64, expected: u64) {
+    /// The cursor after an ack: as predicted, never backwards; once the
+    /// acknowledgements pulls record are written, everything every device of
+    /// the user acked is collected.
+    async fn advance(&mut self, device: usize, answered: u64, expected: u64) {
         let d = &mut self.devices[device];
         assert!(
             answered >= d.cursor,
@@ -448,6 +452,7 @@ impl<'a> World<'a> {
         let min = self.min_cursor(user);
         let q = &mut self.queues[user];
         q.collectable = q.collectable.max(min);
+        self.server.acks.write_now().await;
         let left = self.server.store.pull(self.ids[user], 0, 1).unwrap();
         if let Some(first) = left.messages.first() {
             assert!(

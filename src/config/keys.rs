@@ -224,6 +224,12 @@ pub const KEYS: &[KeyDoc] = &[
          admin) may recall it.",
     ),
     key(
+        "messaging.ack_write_interval",
+        "How often the acknowledgements that pulls carry are written, one cursor\n\
+         write per device however many pulls it made. A crash can take back the\n\
+         last interval's: those devices are sent those entries again.",
+    ),
+    key(
         "messaging.large_group_threshold",
         "Groups with more members than this keep one timeline that members read\n\
          (a send costs the same whatever the size) instead of an entry in every\n\

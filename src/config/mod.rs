@@ -223,6 +223,9 @@ pub struct Messaging {
     /// How long after sending a message may be recalled.
     #[serde(with = "duration_text")]
     pub recall_window: Duration,
+    /// How often the acknowledgements that pulls carry are written.
+    #[serde(with = "duration_text")]
+    pub ack_write_interval: Duration,
     /// Groups with more members than this keep a timeline instead of
     /// fanning out into every member's queue.
     pub large_group_threshold: u32,
@@ -305,6 +308,7 @@ impl Default for Messaging {
             gc_interval: Duration::from_secs(60),
             max_batch: 1024,
             recall_window: Duration::from_secs(120),
+            ack_write_interval: Duration::from_secs(1),
             large_group_threshold: 500,
             max_group_members: 100_000,
         }
@@ -639,6 +643,9 @@ impl Config {
         }
         if self.messaging.gc_interval.is_zero() {
             return invalid("messaging.gc_interval", "must be above zero");
+        }
+        if self.messaging.ack_write_interval.is_zero() {
+            return invalid("messaging.ack_write_interval", "must be above zero");
         }
         if self.store.compact_ratio < 2 {
             return invalid("store.compact_ratio", "must be at least 2");

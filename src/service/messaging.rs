@@ -20,6 +20,7 @@ use crate::store::{
     UserId, WriteOp, WriteOutcome,
 };
 
+use super::acks::AckLedger;
 use super::committer::{Committer, OpResult};
 
 /// Most entries one Collect op deletes; the sweep comes back for the rest.
@@ -113,6 +114,9 @@ pub struct MessagingRules {
     pub max_group_members: u32,
     /// Offline pushes carry a content preview (off by default: privacy).
     pub push_preview: bool,
+    /// How often the acknowledgements pulls carry are written
+    /// (see [`super::acks`]).
+    pub ack_write_interval: Duration,
 }
 
 /// The message path over the store and the committer.
@@ -121,6 +125,7 @@ pub struct Messaging {
     committer: Committer,
     rules: MessagingRules,
     names: Mutex<HashMap<UserId, Arc<str>>>,
+    acks: AckLedger,
 }
 
 /// The device that makes a request.
@@ -140,7 +145,18 @@ impl Messaging {
             committer,
             rules,
             names: Mutex::new(HashMap::new()),
+            acks: AckLedger::default(),
         }
+    }
+
+    /// The acknowledgements pulls recorded and not written yet.
+    pub fn acks(&self) -> &AckLedger {
+        &self.acks
+    }
+
+    /// How often [`super::acks::run`] writes them.
+    pub fn ack_write_interval(&self) -> Duration {
+        self.rules.ack_write_interval
     }
 
     /// The committer (for the background collector and stats).
@@ -167,7 +183,8 @@ impl Messaging {
             return Err(unexpected(outcome));
         };
         let max_seq = self.store.max_seq(caller.user)?;
-        Ok((max_seq, acked_seq))
+        let pending = self.acks.pending_seq(caller.user, &caller.device_id);
+        Ok((max_seq, acked_seq.max(pending)))
     }
 
     /// Validate a send and queue it for the committer. The returned future
@@ -213,28 +230,45 @@ impl Messaging {
         Ok(PendingSend(rx))
     }
 
-    /// Pull entries above `after_seq`, acknowledging up to `after_seq` first.
+    /// Pull entries above `after_seq`, acknowledging up to `after_seq`.
+    ///
+    /// The acknowledgement is recorded, not written: [`super::acks::run`]
+    /// writes it within `ack_write_interval`. The read runs on the calling
+    /// task, not the blocking pool: it is served from sled's cache and the
+    /// OS page cache, and the hop to a pool thread and back cost more CPU
+    /// than the read (docs/performance.md).
     pub async fn pull(
         &self,
         caller: &Caller,
         after_seq: Seq,
         limit: u32,
     ) -> Result<PulledPage, ServiceError> {
-        let acked_seq = self.ack(caller, after_seq).await?;
         let limit = match limit {
             0 => 100,
             n => (n as usize).min(self.rules.max_pull),
         };
-        let store = self.store.clone();
         let user = caller.user;
-        let page = tokio::task::spawn_blocking(move || store.pull(user, after_seq, limit))
-            .await
-            .map_err(|_| ServiceError::ShuttingDown)??;
+        let page = self.store.pull(user, after_seq, limit)?;
+        // A client only learns of seqs that are durable, and the page's
+        // max_seq counts every durable entry.
+        if after_seq > page.max_seq {
+            return Err(ServiceError::AckBeyondMaxSeq {
+                seq: after_seq,
+                max_seq: page.max_seq,
+            });
+        }
+        let stored = self
+            .store
+            .device(user, &caller.device_id)?
+            .map_or(0, |device| device.acked_seq);
+        let recorded = self
+            .acks
+            .accept(user, &caller.device_id, after_seq, now_ms());
         Ok(PulledPage {
             messages: self.named(page.messages)?,
             max_seq: page.max_seq,
             has_more: page.has_more,
-            acked_seq,
+            acked_seq: stored.max(recorded),
         })
     }
 
@@ -249,6 +283,7 @@ impl Messaging {
                 device_id: caller.device_id.clone(),
                 seq,
                 now_ms: now,
+                if_present: false,
             })
             .await?;
         // Queued right behind the ack, so usually in the same batch. The
@@ -265,7 +300,10 @@ impl Messaging {
             Err(_) => return Err(ServiceError::ShuttingDown),
         }
         match acked {
-            WriteOutcome::Acked { acked_seq } => Ok(acked_seq),
+            // A pull's acknowledgement may be recorded and not written yet.
+            WriteOutcome::Acked { acked_seq } => {
+                Ok(acked_seq.max(self.acks.pending_seq(caller.user, &caller.device_id)))
+            }
             WriteOutcome::AckBeyondMax { max_seq } => {
                 Err(ServiceError::AckBeyondMaxSeq { seq, max_seq })
             }

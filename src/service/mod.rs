@@ -3,6 +3,7 @@
 //! types and no sockets: the gateway translates frames into these calls.
 
 pub mod accounts;
+pub mod acks;
 pub mod collector;
 pub mod committer;
 pub mod compactor;

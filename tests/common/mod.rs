@@ -17,6 +17,7 @@ use pigeon_protocol::pb::{self, login_request::Credential};
 use pigeon_protocol::{Body, Codec, Envelope, ErrorCode, Platform, PROTOCOL_VERSION};
 use pigeon_server::admin::client::AdminClient;
 use pigeon_server::config::Config;
+use pigeon_server::service::acks::AckWriter;
 use pigeon_server::service::CommitStats;
 use pigeon_server::store::Store;
 use pigeon_server::Server;
@@ -62,6 +63,9 @@ pub struct TestServer {
     pub admin: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     pub stats: Arc<CommitStats>,
+    /// Writes the acknowledgements pulls recorded, before a test reads
+    /// cursors or collections straight from the store.
+    pub acks: AckWriter,
     pub config: Config,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -87,6 +91,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let store = server.store();
         let stats = server.commit_stats();
+        let acks = server.ack_writer();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.serve(listener, shutdown.clone()));
         TestServer {
@@ -94,6 +99,7 @@ impl TestServer {
             admin,
             store,
             stats,
+            acks,
             config,
             shutdown,
             task,

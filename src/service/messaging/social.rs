@@ -555,6 +555,9 @@ impl Messaging {
         if !known {
             return Err(ServiceError::UnknownDevice(device_id.to_owned()));
         }
+        // Its recorded acknowledgement must not outlive it (and the deferred
+        // write would not recreate it anyway: `if_present`).
+        self.acks().forget(user, device_id);
         self.committer
             .write(WriteOp::ForgetDevice {
                 user,

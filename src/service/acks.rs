@@ -1,0 +1,225 @@
+//! Deferred cursor writes for the acknowledgement a pull carries.
+//!
+//! A `Pull { after_seq }` acknowledges `after_seq` (docs/protocol.md §5.6).
+//! Writing that cursor before answering cost the pull a second trip through
+//! the committer and its fsync, after the send's own: at 10,000 msgs/s it
+//! doubled the delivery latency and was a quarter of the writer's work
+//! (docs/performance.md). A cursor that is written late is safe to lose: a
+//! device whose acknowledgement a crash took back is sent those entries
+//! again, and clients drop duplicates by seq (§7.2).
+//!
+//! So a pull only records its acknowledgement here, in memory, and answers.
+//! [`run`] writes what was recorded every `messaging.ack_write_interval`,
+//! one cursor write per device however many pulls it made, followed by one
+//! collection per user, and once more when the server stops. Everything
+//! that reads a device's cursor for a client (login, explicit acks, pulls)
+//! takes the recorded value into account, so a client never sees its cursor
+//! move back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Seq, UserId, WriteOp, WriteOutcome};
+
+use super::messaging::Messaging;
+
+/// An acknowledgement accepted but not yet written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingAck {
+    /// The highest seq acknowledged.
+    pub seq: Seq,
+    /// When, ms since the epoch: it marks the device active as of then.
+    pub at_ms: u64,
+}
+
+/// Acknowledgements accepted from pulls, per (user, device), waiting to be
+/// written.
+#[derive(Default)]
+pub struct AckLedger {
+    pending: Mutex<HashMap<UserId, HashMap<String, PendingAck>>>,
+}
+
+impl AckLedger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, HashMap<String, PendingAck>>> {
+        self.pending
+            .lock()
+            .expect("ack ledger lock is never poisoned")
+    }
+
+    /// Record that `device_id` of `user` acknowledged up to `seq` at `at_ms`.
+    /// Returns the highest seq recorded for it.
+    pub fn accept(&self, user: UserId, device_id: &str, seq: Seq, at_ms: u64) -> Seq {
+        let mut pending = self.lock();
+        let devices = pending.entry(user).or_default();
+        match devices.get_mut(device_id) {
+            Some(ack) => {
+                ack.seq = ack.seq.max(seq);
+                ack.at_ms = ack.at_ms.max(at_ms);
+                ack.seq
+            }
+            None => {
+                devices.insert(device_id.to_owned(), PendingAck { seq, at_ms });
+                seq
+            }
+        }
+    }
+
+    /// The seq recorded for a device and not written yet (0 if none).
+    pub fn pending_seq(&self, user: UserId, device_id: &str) -> Seq {
+        self.lock()
+            .get(&user)
+            .and_then(|devices| devices.get(device_id))
+            .map_or(0, |ack| ack.seq)
+    }
+
+    /// Drop what a device recorded (it is being revoked).
+    pub fn forget(&self, user: UserId, device_id: &str) {
+        let mut pending = self.lock();
+        if let Some(devices) = pending.get_mut(&user) {
+            devices.remove(device_id);
+            if devices.is_empty() {
+                pending.remove(&user);
+            }
+        }
+    }
+
+    /// Take everything recorded so far.
+    pub fn take(&self) -> HashMap<UserId, HashMap<String, PendingAck>> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// How many devices have an acknowledgement waiting.
+    pub fn len(&self) -> usize {
+        self.lock().values().map(HashMap::len).sum()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+/// A handle that writes the recorded acknowledgements on demand, for tests
+/// and tools that inspect the store while the server runs. It does not keep
+/// the server's message path alive.
+#[derive(Clone)]
+pub struct AckWriter(std::sync::Weak<Messaging>);
+
+impl AckWriter {
+    /// A handle on `messaging`.
+    pub fn new(messaging: &Arc<Messaging>) -> Self {
+        AckWriter(Arc::downgrade(messaging))
+    }
+
+    /// Write what is recorded now and wait until it is applied (a no-op
+    /// once the server stopped).
+    pub async fn write_now(&self) {
+        if let Some(messaging) = self.0.upgrade() {
+            write_pending(&messaging).await;
+        }
+    }
+
+    /// How many devices have an acknowledgement recorded and not written.
+    pub fn recorded(&self) -> usize {
+        self.0.upgrade().map_or(0, |m| m.acks().len())
+    }
+}
+
+/// Write the recorded acknowledgements every `interval` until `shutdown`,
+/// then once more. Runs until the last write is done, so the caller waits
+/// for it before it stops the committer.
+pub async fn run(messaging: Arc<Messaging>, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Bounded by the shutdown token.
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        write_pending(&messaging).await;
+    }
+    write_pending(&messaging).await;
+}
+
+/// Write every recorded acknowledgement: one cursor write per device, then
+/// one collection per user, all submitted before any is awaited so that
+/// they share a batch. A failure leaves the cursor where it was; the
+/// device's next pull or ack moves it again.
+pub async fn write_pending(messaging: &Messaging) {
+    let pending = messaging.acks().take();
+    if pending.is_empty() {
+        return;
+    }
+    let committer = messaging.committer();
+    let mut waiting = Vec::new();
+    for (user, devices) in pending {
+        let mut latest = 0;
+        for (device_id, ack) in devices {
+            latest = latest.max(ack.at_ms);
+            let op = WriteOp::Ack {
+                user,
+                device_id,
+                seq: ack.seq,
+                now_ms: ack.at_ms,
+                // The device may have been revoked since its pull.
+                if_present: true,
+            };
+            match committer.submit(op).await {
+                Ok(reply) => waiting.push(reply),
+                Err(e) => tracing::warn!(error = %e, user, "cannot write a deferred ack"),
+            }
+        }
+        match committer.submit(messaging.collect_op(user, latest)).await {
+            Ok(reply) => waiting.push(reply),
+            Err(e) => tracing::warn!(error = %e, user, "cannot collect after deferred acks"),
+        }
+    }
+    for reply in waiting {
+        match reply.await {
+            Ok(Ok(WriteOutcome::Acked { .. } | WriteOutcome::Collected { .. })) => {}
+            Ok(Ok(other)) => tracing::warn!(?other, "unexpected outcome of a deferred ack"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "a deferred ack failed"),
+            // The committer stopped; the cursors stay where they were.
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_keeps_the_highest_seq_and_latest_time() {
+        let ledger = AckLedger::default();
+        assert_eq!(ledger.accept(1, "a", 5, 100), 5);
+        assert_eq!(
+            ledger.accept(1, "a", 3, 200),
+            5,
+            "a lower seq does not lower it"
+        );
+        assert_eq!(ledger.accept(1, "b", 2, 50), 2);
+        assert_eq!(ledger.pending_seq(1, "a"), 5);
+        assert_eq!(ledger.pending_seq(2, "a"), 0);
+        assert_eq!(ledger.len(), 2);
+        let taken = ledger.take();
+        assert_eq!(taken[&1]["a"], PendingAck { seq: 5, at_ms: 200 });
+        assert!(ledger.is_empty());
+    }
+
+    #[test]
+    fn forget_drops_one_device() {
+        let ledger = AckLedger::default();
+        ledger.accept(1, "a", 5, 100);
+        ledger.accept(1, "b", 6, 100);
+        ledger.forget(1, "a");
+        assert_eq!(ledger.pending_seq(1, "a"), 0);
+        assert_eq!(ledger.pending_seq(1, "b"), 6);
+        ledger.forget(1, "b");
+        assert!(ledger.is_empty());
+    }
+}
