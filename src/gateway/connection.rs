@@ -257,7 +257,11 @@ async fn write_loop(
         while let Some(writing) = envelopes.next().map(|(i, envelope)| {
             // Any fatal error ends the connection, whichever path produced it.
             closing_now |= matches!(&envelope.body, Some(Body::Error(e)) if e.fatal);
-            let flush = closing_now || (i + 1 == count && queue.is_empty());
+            // A notify raised while this answer was awaited (the sender's
+            // own queue grew with its send) goes out in the same flush:
+            // `woken()` is ready for it on the next turn, which flushes.
+            let more = !queue.is_empty() || signal.notified_seq() > notified;
+            let flush = closing_now || (i + 1 == count && !more);
             metrics.frame_out(&envelope);
             Box::pin(write(&mut sink, envelope, flush, write_timeout))
         }) {
