@@ -84,6 +84,7 @@ fn envelopes() -> Vec<Envelope> {
                     content: Bytes::from_static(b"hi"),
                     sent_at_ms: 1 << 24,
                     client_msg_id: "c-1".into(),
+                    ..Default::default()
                 }],
                 max_seq: 4,
                 has_more: false,

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use pigeon_server::error::ServiceError;
 use pigeon_server::metrics::Metrics;
 use pigeon_server::service::accounts::hash_token;
+use pigeon_server::service::acks;
 use pigeon_server::service::{
     collector, Accounts, Caller, Committer, Credential, Messaging, MessagingRules, Outgoing,
     Recipient,
@@ -207,6 +208,7 @@ pub fn run(ops: &Ops) {
         large_group_threshold: 500,
         max_group_members: 100_000,
         push_preview: false,
+        ack_write_interval: Duration::from_secs(1),
     };
     let messaging = Arc::new(Messaging::new(store.clone(), committer, rules));
     let accounts = Accounts::new(store.clone(), true, DAY, 1).expect("the account service starts");
@@ -481,6 +483,9 @@ impl Harness {
         let page = result.expect("a pull at or below max_seq works");
         self.model.set_cursor(s, cursor.max(after));
         assert_eq!(page.acked_seq, cursor.max(after));
+        // The pull recorded its ack; write it (and collect) as the server's
+        // ack writer would, so the store can be compared with the model.
+        acks::write_pending(&self.messaging).await;
         self.model.collect_may_have_run(user);
         self.check_collected(user);
         assert_eq!(page.max_seq, max_seq);
