@@ -30,6 +30,7 @@ pub mod store;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -41,10 +42,11 @@ use metrics::Metrics;
 use push::Providers;
 use service::outbox::StoreOutbox;
 use service::{
-    Accounts, CommitStats, Committer, CommitterThread, Messaging, MessagingRules, PushSettings,
+    Accounts, Batching, CommitStats, Committer, CommitterThread, Messaging, MessagingRules,
+    PushSettings,
 };
 use session::{Notifier, SessionRegistry};
-use store::{SledStore, Store, StoreError};
+use store::{Durability, SledStore, Store, StoreError};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +136,14 @@ impl Server {
         let (committer, committer_thread) = Committer::start(
             store.clone(),
             notifier.clone(),
-            config.messaging.max_batch,
+            Batching {
+                max_ops: config.messaging.max_batch,
+                // Without a flush per batch there is nothing to spread.
+                linger: match config.messaging.durability {
+                    Durability::Buffered => Duration::ZERO,
+                    _ => Duration::from_micros(config.messaging.commit_linger_us),
+                },
+            },
             metrics.clone(),
             push_settings.clone(),
         )

@@ -29,7 +29,7 @@ use pigeon_server::metrics::Metrics;
 use pigeon_server::service::accounts::hash_token;
 use pigeon_server::service::acks;
 use pigeon_server::service::{
-    collector, Accounts, Caller, Committer, Credential, Messaging, MessagingRules, Outgoing,
+    collector, Accounts, Batching, Caller, Committer, Credential, Messaging, MessagingRules, Outgoing,
     Recipient,
 };
 use pigeon_server::session::{Notifier, Push};
@@ -193,7 +193,10 @@ pub fn run(ops: &Ops) {
     let (committer, thread) = Committer::start(
         store.clone(),
         notes.clone(),
-        64,
+        Batching {
+            max_ops: 64,
+            linger: Duration::ZERO,
+        },
         Arc::new(Metrics::default()),
         None,
     )

@@ -128,6 +128,7 @@ pub(super) async fn stats(ctx: &Context, request: &Request) -> Answer {
                 "batches": commit.batches.load(Ordering::Relaxed),
                 "syncs": commit.syncs.load(Ordering::Relaxed),
                 "sends": commit.sends.load(Ordering::Relaxed),
+                "lingers": commit.lingers.load(Ordering::Relaxed),
                 "queued": ctx.messaging.committer().queued(),
             },
         }),

@@ -219,6 +219,13 @@ pub const KEYS: &[KeyDoc] = &[
         "Most writes committed in one batch (one flush).",
     ),
     key(
+        "messaging.commit_linger_us",
+        "Microseconds a small durable batch (under 64 writes) waits, once, for\n\
+         more writes before its flush; 0 never waits. Fewer, larger flushes\n\
+         cost less CPU per message at moderate load; each write may wait this\n\
+         much longer. Ignored with durability = \"buffered\".",
+    ),
+    key(
         "messaging.recall_window",
         "How long after sending a message its sender (or a group's owner or\n\
          admin) may recall it.",

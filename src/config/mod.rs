@@ -220,6 +220,9 @@ pub struct Messaging {
     pub gc_interval: Duration,
     /// Most writes committed in one batch (one flush).
     pub max_batch: usize,
+    /// Microseconds a small durable batch waits once for more writes
+    /// before its flush (0: never).
+    pub commit_linger_us: u64,
     /// How long after sending a message may be recalled.
     #[serde(with = "duration_text")]
     pub recall_window: Duration,
@@ -307,6 +310,7 @@ impl Default for Messaging {
             device_inactive_after: Duration::from_secs(30 * 86_400),
             gc_interval: Duration::from_secs(60),
             max_batch: 1024,
+            commit_linger_us: 300,
             recall_window: Duration::from_secs(120),
             ack_write_interval: Duration::from_secs(1),
             large_group_threshold: 500,
@@ -643,6 +647,12 @@ impl Config {
         }
         if self.messaging.gc_interval.is_zero() {
             return invalid("messaging.gc_interval", "must be above zero");
+        }
+        if self.messaging.commit_linger_us > 100_000 {
+            return invalid(
+                "messaging.commit_linger_us",
+                "must be at most 100000 (every durable write may wait this long)",
+            );
         }
         if self.messaging.ack_write_interval.is_zero() {
             return invalid("messaging.ack_write_interval", "must be above zero");

@@ -71,6 +71,16 @@ fn validation_names_the_key() {
     let mut c = Config::default();
     c.tls.cert = Some("x.pem".into());
     assert!(c.validate().unwrap_err().to_string().contains("tls.cert"));
+    let mut c = Config::default();
+    c.messaging.ack_write_interval = std::time::Duration::ZERO;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("messaging.ack_write_interval"), "{err}");
+    let mut c = Config::default();
+    c.messaging.commit_linger_us = 100_001;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("messaging.commit_linger_us"), "{err}");
+    c.messaging.commit_linger_us = 0;
+    c.validate().expect("0 turns the linger off");
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -12,7 +12,7 @@ pub mod messaging;
 pub mod outbox;
 
 pub use accounts::{Accounts, Authenticated, Credential};
-pub use committer::{CommitStats, Committer, CommitterThread, PushSettings};
+pub use committer::{Batching, CommitStats, Committer, CommitterThread, PushSettings};
 pub use messaging::{
     Caller, Delivered, Messaging, MessagingRules, Outgoing, PulledPage, Receipt, Recipient,
 };
