@@ -35,26 +35,57 @@ pub struct PendingAck {
     pub at_ms: u64,
 }
 
-/// Acknowledgements accepted from pulls, per (user, device), waiting to be
-/// written.
+/// Per user, per device.
+pub type PerDevice<T> = HashMap<UserId, HashMap<String, T>>;
+
+/// Acknowledgements accepted from pulls, per (user, device): recorded and
+/// waiting, or taken and being written. Both count for what a client is
+/// told, so an answer never shows a cursor below one it showed before.
 #[derive(Default)]
 pub struct AckLedger {
-    pending: Mutex<HashMap<UserId, HashMap<String, PendingAck>>>,
+    state: Mutex<Ledger>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    pending: PerDevice<PendingAck>,
+    /// Taken by a writer and not yet written: the highest seq per device.
+    writing: PerDevice<Seq>,
+}
+
+impl Ledger {
+    fn writing_seq(&self, user: UserId, device_id: &str) -> Seq {
+        self.writing
+            .get(&user)
+            .and_then(|devices| devices.get(device_id))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn remove<T>(map: &mut PerDevice<T>, user: UserId, device_id: &str) -> Option<T> {
+    let devices = map.get_mut(&user)?;
+    let removed = devices.remove(device_id);
+    if devices.is_empty() {
+        map.remove(&user);
+    }
+    removed
 }
 
 impl AckLedger {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, HashMap<String, PendingAck>>> {
-        self.pending
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.state
             .lock()
             .expect("ack ledger lock is never poisoned")
     }
 
     /// Record that `device_id` of `user` acknowledged up to `seq` at `at_ms`.
-    /// Returns the highest seq recorded for it.
+    /// Returns the highest seq known for it, recorded or being written.
     pub fn accept(&self, user: UserId, device_id: &str, seq: Seq, at_ms: u64) -> Seq {
-        let mut pending = self.lock();
-        let devices = pending.entry(user).or_default();
-        match devices.get_mut(device_id) {
+        let mut ledger = self.lock();
+        let writing = ledger.writing_seq(user, device_id);
+        let devices = ledger.pending.entry(user).or_default();
+        let recorded = match devices.get_mut(device_id) {
             Some(ack) => {
                 ack.seq = ack.seq.max(seq);
                 ack.at_ms = ack.at_ms.max(at_ms);
@@ -64,41 +95,65 @@ impl AckLedger {
                 devices.insert(device_id.to_owned(), PendingAck { seq, at_ms });
                 seq
             }
-        }
+        };
+        recorded.max(writing)
     }
 
-    /// The seq recorded for a device and not written yet (0 if none).
+    /// The highest seq recorded for a device or being written (0 if none).
     pub fn pending_seq(&self, user: UserId, device_id: &str) -> Seq {
-        self.lock()
+        let ledger = self.lock();
+        let recorded = ledger
+            .pending
             .get(&user)
             .and_then(|devices| devices.get(device_id))
-            .map_or(0, |ack| ack.seq)
+            .map_or(0, |ack| ack.seq);
+        recorded.max(ledger.writing_seq(user, device_id))
     }
 
     /// Drop what a device recorded (it is being revoked).
     pub fn forget(&self, user: UserId, device_id: &str) {
-        let mut pending = self.lock();
-        if let Some(devices) = pending.get_mut(&user) {
-            devices.remove(device_id);
-            if devices.is_empty() {
-                pending.remove(&user);
+        let mut ledger = self.lock();
+        remove(&mut ledger.pending, user, device_id);
+        remove(&mut ledger.writing, user, device_id);
+    }
+
+    /// Take everything recorded so far, to write it; it stays visible
+    /// (see [`AckLedger::pending_seq`]) until [`AckLedger::written`].
+    pub fn take(&self) -> PerDevice<PendingAck> {
+        let mut ledger = self.lock();
+        let taken = std::mem::take(&mut ledger.pending);
+        for (user, devices) in &taken {
+            let writing = ledger.writing.entry(*user).or_default();
+            for (device_id, ack) in devices {
+                let seq = writing.entry(device_id.clone()).or_default();
+                *seq = (*seq).max(ack.seq);
+            }
+        }
+        taken
+    }
+
+    /// What [`AckLedger::take`] returned has been written (or failed to
+    /// be); a device taken again since keeps its higher seq.
+    pub fn written(&self, taken: &PerDevice<PendingAck>) {
+        let mut ledger = self.lock();
+        for (user, devices) in taken {
+            for (device_id, ack) in devices {
+                if ledger.writing_seq(*user, device_id) <= ack.seq {
+                    remove(&mut ledger.writing, *user, device_id);
+                }
             }
         }
     }
 
-    /// Take everything recorded so far.
-    pub fn take(&self) -> HashMap<UserId, HashMap<String, PendingAck>> {
-        std::mem::take(&mut *self.lock())
-    }
-
-    /// How many devices have an acknowledgement waiting.
+    /// How many devices have an acknowledgement recorded and not taken.
     pub fn len(&self) -> usize {
-        self.lock().values().map(HashMap::len).sum()
+        self.lock().pending.values().map(HashMap::len).sum()
     }
 
-    /// Whether nothing is waiting.
+    /// Whether nothing is recorded and nothing is being written.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        let ledger = self.lock();
+        ledger.pending.is_empty() && ledger.writing.is_empty()
     }
 }
 
@@ -150,19 +205,19 @@ pub async fn run(messaging: Arc<Messaging>, interval: Duration, shutdown: Cancel
 /// they share a batch. A failure leaves the cursor where it was; the
 /// device's next pull or ack moves it again.
 pub async fn write_pending(messaging: &Messaging) {
-    let pending = messaging.acks().take();
-    if pending.is_empty() {
+    let taken = messaging.acks().take();
+    if taken.is_empty() {
         return;
     }
     let committer = messaging.committer();
     let mut waiting = Vec::new();
-    for (user, devices) in pending {
+    for (&user, devices) in &taken {
         let mut latest = 0;
         for (device_id, ack) in devices {
             latest = latest.max(ack.at_ms);
             let op = WriteOp::Ack {
                 user,
-                device_id,
+                device_id: device_id.clone(),
                 seq: ack.seq,
                 now_ms: ack.at_ms,
                 // The device may have been revoked since its pull.
@@ -187,6 +242,7 @@ pub async fn write_pending(messaging: &Messaging) {
             Err(_) => {}
         }
     }
+    messaging.acks().written(&taken);
 }
 
 #[cfg(test)]
@@ -208,6 +264,26 @@ mod tests {
         assert_eq!(ledger.len(), 2);
         let taken = ledger.take();
         assert_eq!(taken[&1]["a"], PendingAck { seq: 5, at_ms: 200 });
+        assert_eq!(ledger.len(), 0, "nothing left to take");
+        ledger.written(&taken);
+        assert!(ledger.is_empty());
+    }
+
+    /// Between take and written a device's seq stays visible, so an answer
+    /// (a pull with a lower anchor, a login) never shows a lower cursor.
+    #[test]
+    fn taken_acks_count_until_written() {
+        let ledger = AckLedger::default();
+        ledger.accept(1, "a", 5, 100);
+        let taken = ledger.take();
+        assert_eq!(ledger.pending_seq(1, "a"), 5);
+        assert_eq!(ledger.accept(1, "a", 3, 200), 5, "a lower anchor answers 5");
+        ledger.accept(1, "a", 7, 300);
+        let again = ledger.take();
+        ledger.written(&taken);
+        assert_eq!(ledger.pending_seq(1, "a"), 7, "the newer write is still on");
+        ledger.written(&again);
+        assert_eq!(ledger.pending_seq(1, "a"), 0);
         assert!(ledger.is_empty());
     }
 

@@ -257,13 +257,15 @@ impl Messaging {
                 max_seq: page.max_seq,
             });
         }
+        // Recorded first: an ack being written is either still in the
+        // ledger now or already in the store read after.
+        let recorded = self
+            .acks
+            .accept(user, &caller.device_id, after_seq, now_ms());
         let stored = self
             .store
             .device(user, &caller.device_id)?
             .map_or(0, |device| device.acked_seq);
-        let recorded = self
-            .acks
-            .accept(user, &caller.device_id, after_seq, now_ms());
         Ok(PulledPage {
             messages: self.named(page.messages)?,
             max_seq: page.max_seq,
