@@ -418,6 +418,10 @@ pub struct Scrape {
     pub commit_sends: u64,
     /// Jobs waiting for the writer thread.
     pub commit_queue: u64,
+    /// Committer: times a small batch waited for more writes.
+    pub commit_lingers: u64,
+    /// Devices whose pull acknowledgement waits for the ack writer.
+    pub acks_waiting: u64,
     /// Queue entries across all users, if the store answered.
     pub queue_entries: Option<u64>,
     /// Message bodies, if the store answered.
@@ -608,6 +612,18 @@ impl Metrics {
             "pigeon_commit_queue_depth",
             "Writes waiting for the writer thread.",
             scrape.commit_queue as i64,
+        );
+        counter(
+            o,
+            "pigeon_commit_lingers_total",
+            "Small batches that waited messaging.commit_linger_us for more writes.",
+            scrape.commit_lingers,
+        );
+        gauge(
+            o,
+            "pigeon_acks_waiting",
+            "Devices whose pull acknowledgement waits for the ack writer.",
+            scrape.acks_waiting as i64,
         );
         self.batch_ops
             .render(o, "pigeon_commit_batch_ops", "Ops per group commit.");

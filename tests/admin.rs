@@ -463,6 +463,8 @@ async fn metrics_are_scraped_and_counters_move_with_traffic() {
     assert_eq!(moved("pigeon_errors_total{code=\"auth_failed\"}"), 1.0);
     assert!(moved("pigeon_notifies_total") >= 1.0);
     assert_eq!(moved("pigeon_stored_sends_total"), 3.0);
+    // One sender, one send at a time: each batch was small and lingered.
+    assert!(moved("pigeon_commit_lingers_total") >= 3.0);
     assert!(moved("pigeon_bytes_in_total") > 3.0 * 5.0);
     assert!(moved("pigeon_bytes_out_total") > 0.0);
     assert_eq!(moved("pigeon_connections_accepted_total"), 3.0);

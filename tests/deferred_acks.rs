@@ -186,3 +186,39 @@ async fn bad_pull_anchors_record_nothing() {
     assert_eq!(stored_cursor(&server, login.user_id, "phone"), Some(2));
     server.stop().await;
 }
+
+/// What the metrics scrape says for one unlabelled sample.
+async fn sample(server: &TestServer, name: &str) -> f64 {
+    let answer = server
+        .admin_client()
+        .call("GET", "/metrics", None)
+        .await
+        .expect("the admin endpoint answers");
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in the scrape"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_scrape_counts_devices_whose_ack_waits() {
+    let server = TestServer::start(|c| {
+        never_on_its_own(c);
+        c.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let (mut ann, _) = server.user("ann", "phone").await;
+    let (mut bob, _) = server.user("bob", "web").await;
+    bob.send_ok("ann", "m1", "one").await;
+    assert_eq!(sample(&server, "pigeon_acks_waiting").await, 0.0);
+    ann.pull(0, 10).await;
+    ann.pull(1, 10).await;
+    bob.pull(0, 10).await;
+    assert_eq!(sample(&server, "pigeon_acks_waiting").await, 2.0);
+    server.acks.write_now().await;
+    assert_eq!(sample(&server, "pigeon_acks_waiting").await, 0.0);
+    server.stop().await;
+}
