@@ -274,11 +274,7 @@ async fn devices_are_listed_and_one_can_revoke_another() {
         .collect();
     assert_eq!(summary, [("laptop", true, true), ("phone", true, false)]);
 
-    let revoke = |device: &str| {
-        Body::RevokeDevice(pb::RevokeDeviceRequest {
-            device_id: device.into(),
-        })
-    };
+    let revoke = revoke_body;
     expect_error(
         &laptop.request(revoke("laptop")).await,
         ErrorCode::InvalidArgument,
@@ -460,11 +456,8 @@ async fn a_revoked_device_no_longer_holds_back_collection() {
     laptop.ack(seen.last().unwrap().seq).await;
     let queued = |server: &TestServer| server.store.pull(ann, 0, 10).unwrap().messages.len();
     assert_eq!(queued(&server), 2, "the phone has not acknowledged them");
-    let revoke = Body::RevokeDevice(pb::RevokeDeviceRequest {
-        device_id: "phone".into(),
-    });
     assert!(matches!(
-        laptop.request(revoke).await,
+        laptop.request(revoke_body("phone")).await,
         Body::DeviceRevoked(_)
     ));
     laptop.ack(seen.last().unwrap().seq).await;

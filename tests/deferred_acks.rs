@@ -6,7 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{expect_error, TestServer};
+use common::social::revoke_body;
+use common::{expect_error, RawClient, TestServer};
 use pigeon_protocol::pb;
 use pigeon_protocol::{Body, ErrorCode, Platform};
 use pigeon_server::config::Config;
@@ -30,25 +31,32 @@ fn queued(server: &TestServer, user: u64) -> usize {
     server.store.pull(user, 0, 100).unwrap().messages.len()
 }
 
+/// ann logged in on "phone", with `n` messages from bob queued; returns
+/// her client and user id.
+async fn ann_with_messages(server: &TestServer, n: usize) -> (RawClient, u64) {
+    let (ann, login) = server.user("ann", "phone").await;
+    let (mut bob, _) = server.user("bob", "web").await;
+    for i in 0..n {
+        bob.send_ok("ann", &format!("m{i}"), "hi").await;
+    }
+    (ann, login.user_id)
+}
+
 #[tokio::test]
 async fn a_pulls_ack_is_answered_at_once_and_a_new_login_sees_it_before_it_is_written() {
     let server = TestServer::start(never_on_its_own).await;
-    let (mut ann, login) = server.user("ann", "phone").await;
-    let (mut bob, _) = server.user("bob", "web").await;
-    for i in 0..3 {
-        bob.send_ok("ann", &format!("m{i}"), "hi").await;
-    }
+    let (mut ann, ann_id) = ann_with_messages(&server, 3).await;
     let page = ann.pull(0, 10).await;
     assert_eq!(page.messages.len(), 3);
     let page = ann.pull(3, 10).await;
     assert_eq!(page.acked_seq, 3, "the answer carries the new cursor");
     assert!(page.messages.is_empty());
     assert_eq!(
-        stored_cursor(&server, login.user_id, "phone"),
+        stored_cursor(&server, ann_id, "phone"),
         Some(0),
         "recorded, not written yet"
     );
-    assert_eq!(queued(&server, login.user_id), 3, "nothing collected yet");
+    assert_eq!(queued(&server, ann_id), 3, "nothing collected yet");
 
     // The same device logs in again (the old session is replaced).
     let mut again = server.raw().await;
@@ -61,8 +69,8 @@ async fn a_pulls_ack_is_answered_at_once_and_a_new_login_sees_it_before_it_is_wr
     }
 
     server.acks.write_now().await;
-    assert_eq!(stored_cursor(&server, login.user_id, "phone"), Some(3));
-    assert_eq!(queued(&server, login.user_id), 0, "written, then collected");
+    assert_eq!(stored_cursor(&server, ann_id, "phone"), Some(3));
+    assert_eq!(queued(&server, ann_id), 0, "written, then collected");
     server.stop().await;
 }
 
@@ -73,17 +81,12 @@ async fn the_writer_writes_recorded_acks_and_collects_on_its_own() {
         c.messaging.history_retention = Duration::ZERO;
     })
     .await;
-    let (mut ann, login) = server.user("ann", "phone").await;
-    let (mut bob, _) = server.user("bob", "web").await;
-    bob.send_ok("ann", "m1", "one").await;
-    bob.send_ok("ann", "m2", "two").await;
+    let (mut ann, ann_id) = ann_with_messages(&server, 2).await;
     ann.pull(0, 10).await;
     assert_eq!(ann.pull(2, 10).await.acked_seq, 2);
     // What is tested is the writer's own timer: wait for its effect.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while stored_cursor(&server, login.user_id, "phone") != Some(2)
-        || queued(&server, login.user_id) != 0
-    {
+    while stored_cursor(&server, ann_id, "phone") != Some(2) || queued(&server, ann_id) != 0 {
         assert!(Instant::now() < deadline, "the writer never wrote the ack");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -93,17 +96,13 @@ async fn the_writer_writes_recorded_acks_and_collects_on_its_own() {
 #[tokio::test]
 async fn a_graceful_stop_writes_what_pulls_recorded() {
     let server = TestServer::start(never_on_its_own).await;
-    let (mut ann, login) = server.user("ann", "phone").await;
-    let (mut bob, _) = server.user("bob", "web").await;
-    for i in 0..4 {
-        bob.send_ok("ann", &format!("m{i}"), "hi").await;
-    }
+    let (mut ann, ann_id) = ann_with_messages(&server, 4).await;
     ann.pull(0, 10).await;
     assert_eq!(ann.pull(4, 10).await.acked_seq, 4);
-    assert_eq!(stored_cursor(&server, login.user_id, "phone"), Some(0));
+    assert_eq!(stored_cursor(&server, ann_id, "phone"), Some(0));
     drop(ann);
     let server = server.restart().await;
-    assert_eq!(stored_cursor(&server, login.user_id, "phone"), Some(4));
+    assert_eq!(stored_cursor(&server, ann_id, "phone"), Some(4));
     let mut ann = server.raw().await;
     assert_eq!(ann.login("ann", "phone", Platform::Ios).await.acked_seq, 4);
     server.stop().await;
@@ -121,11 +120,8 @@ async fn a_device_revoked_with_an_ack_recorded_stays_revoked() {
     bob.send_ok("ann", "m1", "one").await;
     phone.pull(0, 10).await;
     assert_eq!(phone.pull(1, 10).await.acked_seq, 1);
-    let revoke = Body::RevokeDevice(pb::RevokeDeviceRequest {
-        device_id: "phone".into(),
-    });
     assert!(matches!(
-        laptop.request(revoke).await,
+        laptop.request(revoke_body("phone")).await,
         Body::DeviceRevoked(_)
     ));
     server.acks.write_now().await;
@@ -143,10 +139,7 @@ async fn a_device_revoked_with_an_ack_recorded_stays_revoked() {
 #[tokio::test]
 async fn bad_pull_anchors_record_nothing() {
     let server = TestServer::start(never_on_its_own).await;
-    let (mut ann, login) = server.user("ann", "phone").await;
-    let (mut bob, _) = server.user("bob", "web").await;
-    bob.send_ok("ann", "m1", "one").await;
-    bob.send_ok("ann", "m2", "two").await;
+    let (mut ann, ann_id) = ann_with_messages(&server, 2).await;
 
     let beyond = ann
         .request(Body::Pull(pb::PullRequest {
@@ -183,7 +176,7 @@ async fn bad_pull_anchors_record_nothing() {
     expect_error(&refused, ErrorCode::NotAuthenticated);
 
     server.acks.write_now().await;
-    assert_eq!(stored_cursor(&server, login.user_id, "phone"), Some(2));
+    assert_eq!(stored_cursor(&server, ann_id, "phone"), Some(2));
     server.stop().await;
 }
 

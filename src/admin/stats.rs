@@ -35,7 +35,7 @@ pub(super) async fn metrics(ctx: &Context) -> Answer {
         commit_sends: commit.sends.load(Ordering::Relaxed),
         commit_queue: committer.queued() as u64,
         commit_lingers: commit.lingers.load(Ordering::Relaxed),
-        acks_waiting: ctx.messaging.acks().len() as u64,
+        acks_waiting: ctx.messaging.acks().waiting() as u64,
         queue_entries: store.as_ref().map(|s| s.entries),
         bodies: store.as_ref().map(|s| s.bodies),
         store_bytes: store.as_ref().map(|s| s.disk_bytes),

@@ -145,13 +145,15 @@ impl AckLedger {
         }
     }
 
-    /// How many devices have an acknowledgement recorded and not taken.
-    pub fn len(&self) -> usize {
+    /// How many devices have an acknowledgement recorded and not yet
+    /// taken by a writer.
+    pub fn waiting(&self) -> usize {
         self.lock().pending.values().map(HashMap::len).sum()
     }
 
     /// Whether nothing is recorded and nothing is being written.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_idle(&self) -> bool {
         let ledger = self.lock();
         ledger.pending.is_empty() && ledger.writing.is_empty()
     }
@@ -179,7 +181,7 @@ impl AckWriter {
 
     /// How many devices have an acknowledgement recorded and not written.
     pub fn recorded(&self) -> usize {
-        self.0.upgrade().map_or(0, |m| m.acks().len())
+        self.0.upgrade().map_or(0, |m| m.acks().waiting())
     }
 }
 
@@ -261,12 +263,12 @@ mod tests {
         assert_eq!(ledger.accept(1, "b", 2, 50), 2);
         assert_eq!(ledger.pending_seq(1, "a"), 5);
         assert_eq!(ledger.pending_seq(2, "a"), 0);
-        assert_eq!(ledger.len(), 2);
+        assert_eq!(ledger.waiting(), 2);
         let taken = ledger.take();
         assert_eq!(taken[&1]["a"], PendingAck { seq: 5, at_ms: 200 });
-        assert_eq!(ledger.len(), 0, "nothing left to take");
+        assert_eq!(ledger.waiting(), 0, "nothing left to take");
         ledger.written(&taken);
-        assert!(ledger.is_empty());
+        assert!(ledger.is_idle());
     }
 
     /// Between take and written a device's seq stays visible, so an answer
@@ -284,7 +286,7 @@ mod tests {
         assert_eq!(ledger.pending_seq(1, "a"), 7, "the newer write is still on");
         ledger.written(&again);
         assert_eq!(ledger.pending_seq(1, "a"), 0);
-        assert!(ledger.is_empty());
+        assert!(ledger.is_idle());
     }
 
     #[test]
@@ -296,6 +298,6 @@ mod tests {
         assert_eq!(ledger.pending_seq(1, "a"), 0);
         assert_eq!(ledger.pending_seq(1, "b"), 6);
         ledger.forget(1, "b");
-        assert!(ledger.is_empty());
+        assert!(ledger.is_idle());
     }
 }

@@ -567,10 +567,36 @@ mod tests {
         }
     }
 
-    fn batching(linger: std::time::Duration) -> Batching {
-        Batching {
+    /// A writer over a fresh fsynced store that checks every notify.
+    struct TestWriter {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        notifier: Arc<Checking>,
+        committer: Committer,
+        thread: CommitterThread,
+    }
+
+    fn start_writer(linger: std::time::Duration) -> TestWriter {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SledStore::open(dir.path(), Durability::Fsync).unwrap());
+        let notifier = Arc::new(Checking {
+            store: store.clone(),
+            seen: Mutex::new(Vec::new()),
+        });
+        let batching = Batching {
             max_ops: 64,
             linger,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (committer, thread) =
+            Committer::start(store.clone(), notifier.clone(), batching, metrics, None).unwrap();
+        TestWriter {
+            _dir: dir,
+            store,
+            notifier,
+            committer,
+            thread,
         }
     }
 
@@ -580,23 +606,13 @@ mod tests {
     /// order per submitter.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_and_notifies_follow_durability_and_apply_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SledStore::open(dir.path(), Durability::Fsync).unwrap());
-        let notifier = Arc::new(Checking {
-            store: store.clone(),
-            seen: Mutex::new(Vec::new()),
-        });
-        let metrics = Arc::new(Metrics::default());
-        let linger = std::time::Duration::from_micros(300);
-        let (committer, thread) = Committer::start(
-            store.clone(),
-            notifier.clone(),
-            batching(linger),
-            metrics,
-            None,
-        )
-        .unwrap();
+        let TestWriter {
+            _dir,
+            store,
+            notifier,
+            committer,
+            thread,
+        } = start_writer(std::time::Duration::from_micros(300));
         let mut tasks = Vec::new();
         for sender in 1..=8u64 {
             let committer = committer.clone();
@@ -645,22 +661,12 @@ mod tests {
     /// is committed in the same batch (one flush for both).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lingering_batch_takes_the_ops_that_arrive_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SledStore::open(dir.path(), Durability::Fsync).unwrap());
-        let notifier = Arc::new(Checking {
-            store: store.clone(),
-            seen: Mutex::new(Vec::new()),
-        });
-        let linger = std::time::Duration::from_secs(2);
-        let (committer, thread) = Committer::start(
-            store,
-            notifier,
-            batching(linger),
-            Arc::new(Metrics::default()),
-            None,
-        )
-        .unwrap();
+        let TestWriter {
+            _dir,
+            committer,
+            thread,
+            ..
+        } = start_writer(std::time::Duration::from_secs(2));
         let first = committer.submit(send(1, 2, msg_id(1, 1))).await.unwrap();
         // The writer took it and, with nothing else queued, lingers.
         let stats = committer.stats();

@@ -101,6 +101,12 @@ pub fn remove_body(group_id: u64, user_id: u64) -> Body {
     })
 }
 
+pub fn revoke_body(device_id: &str) -> Body {
+    Body::RevokeDevice(pb::RevokeDeviceRequest {
+        device_id: device_id.into(),
+    })
+}
+
 pub fn role_body(group_id: u64, user_id: u64, role: pb::GroupRole) -> Body {
     Body::GroupSetRole(pb::GroupSetRoleRequest {
         group_id,
