@@ -44,6 +44,10 @@ pub type PerDevice<T> = HashMap<UserId, HashMap<String, T>>;
 #[derive(Default)]
 pub struct AckLedger {
     state: Mutex<Ledger>,
+    /// Held by a [`write_pending`] for its whole write, so that writes do
+    /// not overlap: one that starts (the timer's, a test's, the last one at
+    /// a stop) returns only after the one before it is written too.
+    turn: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -207,6 +211,7 @@ pub async fn run(messaging: Arc<Messaging>, interval: Duration, shutdown: Cancel
 /// they share a batch. A failure leaves the cursor where it was; the
 /// device's next pull or ack moves it again.
 pub async fn write_pending(messaging: &Messaging) {
+    let _turn = messaging.acks().turn.lock().await;
     let taken = messaging.acks().take();
     if taken.is_empty() {
         return;
