@@ -184,6 +184,7 @@ pub fn run(ops: &Ops) {
         // No free-space guard: tmpfs may be small, and statfs per write
         // would cost more than the write.
         min_free_bytes: 0,
+        ..SledOptions::default()
     };
     let store: Arc<dyn Store> = Arc::new(
         SledStore::open_with(&dir.path().join("data"), Durability::Buffered, &options)

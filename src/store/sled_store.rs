@@ -42,6 +42,7 @@ mod social;
 #[cfg(test)]
 mod tests;
 pub(crate) mod verify;
+mod wal;
 
 use std::cell::Cell;
 use std::ops::Bound;
@@ -94,6 +95,10 @@ pub struct SledOptions {
     /// running out of space itself (every later write fails until restart),
     /// so the store stops short of it. 0 turns the guard off.
     pub min_free_bytes: u64,
+    /// With `fsync` durability: how often sled is made durable behind the
+    /// write-ahead log and the log's older segments deleted (see [`wal`]).
+    /// It bounds the log a crash leaves to replay.
+    pub checkpoint_every: Duration,
 }
 
 impl Default for SledOptions {
@@ -102,6 +107,7 @@ impl Default for SledOptions {
             cache_capacity_bytes: 64 * 1024 * 1024,
             flush_every_ms: Some(500),
             min_free_bytes: 32 * 1024 * 1024,
+            checkpoint_every: Duration::from_secs(1),
         }
     }
 }
@@ -204,7 +210,8 @@ pub struct SledStore {
     /// The open sled database; replaced (under the exclusive write gate)
     /// when [`Store::compact`] switches to a compacted copy. Writers take
     /// the gate before the engine, so no write lands in a retired one.
-    engine: RwLock<Arc<Engine>>,
+    /// Shared with the write-ahead log's checkpointer.
+    engine: Arc<RwLock<Arc<Engine>>>,
     /// The data directory (the manifest, the lock, the layout pointer).
     path: PathBuf,
     /// How sled is opened (cache size, flusher), for a compacted copy.
@@ -216,7 +223,10 @@ pub struct SledStore {
     min_free_bytes: u64,
     /// Set by the first I/O error of a sled write or sync: sled 0.34 keeps
     /// failing after one, and its memory may hold writes the disk does not.
-    failed: Mutex<Option<String>>,
+    failed: Arc<Mutex<Option<String>>>,
+    /// With `fsync` durability, the write-ahead log that makes each applied
+    /// batch durable (see [`wal`]); `None` otherwise.
+    wal: Option<Mutex<wal::Wal>>,
     /// The highest message id the last successful `sync` made durable (as
     /// far as the durability setting goes). Pulls and timelines stop below
     /// the first entry above it, so no device is shown, and moves its
@@ -310,15 +320,29 @@ impl SledStore {
             )));
         }
         let engine = Engine::open(&dir, generation, options, created)?;
+        let recovered = wal::recover(path, &engine)?;
         let manifest = Manifest::open(path)?;
+        let engine = Arc::new(RwLock::new(Arc::new(engine)));
+        let failed = Arc::new(Mutex::new(None));
+        let wal = match durability {
+            Durability::Fsync => Some(Mutex::new(wal::Wal::start(
+                path,
+                recovered.next_lsn,
+                options.checkpoint_every,
+                engine.clone(),
+                failed.clone(),
+            )?)),
+            Durability::Flush | Durability::Buffered => None,
+        };
         let store = SledStore {
-            engine: RwLock::new(Arc::new(engine)),
+            engine,
             path: path.to_owned(),
             options: options.clone(),
             durability,
             manifest,
             min_free_bytes: options.min_free_bytes,
-            failed: Mutex::new(None),
+            failed,
+            wal,
             visible_msg_id: std::sync::atomic::AtomicU64::new(0),
             write_gate: RwLock::new(()),
             compacting: Mutex::new(()),
@@ -497,6 +521,44 @@ impl SledStore {
         Ok(())
     }
 
+    /// Makes what the engine holds durable by sled's own flush and fsyncs
+    /// (the whole of `sync` without a write-ahead log, and the sync of the
+    /// writes that do not go through it: accounts, tokens).
+    fn sync_engine(&self) -> Result<(), StoreError> {
+        let e = self.engine();
+        self.check_healthy()?;
+        // Read before the flush: the flush makes at least this durable.
+        let committed = self.committed()?;
+        match self.durability {
+            Durability::Fsync => {}
+            // Nothing is durable against power loss yet, so the manifest
+            // must not claim it: the OS may write the manifest's page back
+            // before sled's, and a power cut would then refuse a store
+            // that lost only what `flush` may lose.
+            Durability::Flush => {
+                self.track(e.db.flush().map(drop).map_err(from_sled))?;
+                self.reveal(committed.msgid_floor);
+                return Ok(());
+            }
+            Durability::Buffered => return Ok(()),
+        }
+        self.track(e.fsync())?;
+        self.made_durable(committed)
+    }
+
+    /// After an fsync that made `committed` durable: records it in the
+    /// manifest, takes the power-loss test's snapshot, and lets pulls show it.
+    fn made_durable(&self, committed: Committed) -> Result<(), StoreError> {
+        self.track(self.manifest.record(committed, true))?;
+        if let Some(injector) = &self.powerloss {
+            self.track(injector.snapshots.take())?;
+        }
+        // Last: the power-loss test's snapshot of this durable state must
+        // exist before any pull can show what it holds.
+        self.reveal(committed.msgid_floor);
+        Ok(())
+    }
+
     /// Flushes and fsyncs the current engine (see [`Engine::fsync`]).
     fn fsync(&self) -> Result<(), StoreError> {
         self.engine().fsync()
@@ -554,6 +616,23 @@ impl SledStore {
     }
 }
 
+impl Drop for SledStore {
+    /// A clean stop leaves no log to replay: sled is made durable and the
+    /// segments removed. After a failure the log stays for the next start.
+    fn drop(&mut self) {
+        let Some(wal) = self.wal.take() else {
+            return;
+        };
+        let wal = wal.into_inner().unwrap_or_else(|p| p.into_inner());
+        if self.failure().is_some() {
+            return;
+        }
+        if let Err(e) = wal.close(&self.engine()) {
+            tracing::warn!(error = %e, "final checkpoint failed; the next start replays the log");
+        }
+    }
+}
+
 /// The stored message a queue entry at `seq` points at.
 fn stored_message(trees: &Trees, seq: Seq, msg_id: MsgId) -> Result<StoredMessage, StoreError> {
     let Some(raw) = trees.msgid_body.get(u64_key(msg_id)).map_err(from_sled)? else {
@@ -572,36 +651,33 @@ impl Store for SledStore {
         self.check_healthy()?;
         let grows = ops.iter().any(|op| op.msg_ids_needed() > 0);
         self.check_space(grows)?;
-        self.track(batch::apply(&e.trees, ops))
+        let Some(wal) = &self.wal else {
+            return Ok(self.track(batch::apply(&e.trees, ops, None))?.outcomes);
+        };
+        // Write-ahead: the record is durable before sled sees its writes
+        // (see `batch::apply`).
+        let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
+        let applied = self.track(batch::apply(&e.trees, ops, Some(wal.next_lsn())))?;
+        if applied.record.is_empty() {
+            return Ok(applied.outcomes);
+        }
+        wal.append(&applied.record);
+        self.track(wal.sync())?;
+        self.track(wal::apply_record(&e.trees, &applied.record))?;
+        self.track(wal.rotate_if_due())?;
+        Ok(applied.outcomes)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let e = self.engine();
-        self.check_healthy()?;
-        // Read before the flush: the flush makes at least this durable.
-        let committed = self.committed()?;
-        match self.durability {
-            Durability::Fsync => {}
-            // Nothing is durable against power loss yet, so the manifest
-            // must not claim it: the OS may write the manifest's page back
-            // before sled's, and a power cut would then refuse a store
-            // that lost only what `flush` may lose.
-            Durability::Flush => {
-                self.track(e.db.flush().map(drop).map_err(from_sled))?;
-                self.reveal(committed.msgid_floor);
-                return Ok(());
+        match &self.wal {
+            // `apply` made its record durable already.
+            Some(_) => {
+                self.check_healthy()?;
+                let committed = self.committed()?;
+                self.made_durable(committed)
             }
-            Durability::Buffered => return Ok(()),
+            None => self.sync_engine(),
         }
-        self.track(e.fsync())?;
-        self.track(self.manifest.record(committed, true))?;
-        if let Some(injector) = &self.powerloss {
-            self.track(injector.snapshots.take())?;
-        }
-        // Last: the power-loss test's snapshot of this durable state must
-        // exist before any pull can show what it holds.
-        self.reveal(committed.msgid_floor);
-        Ok(())
     }
 
     fn failure(&self) -> Option<String> {
@@ -628,7 +704,7 @@ impl Store for SledStore {
             now_ms,
         ))?;
         if created.is_some() {
-            self.sync()?;
+            self.sync_engine()?;
         }
         Ok(created)
     }
@@ -661,7 +737,7 @@ impl Store for SledStore {
         self.check_healthy()?;
         self.check_space(false)?;
         self.track(accounts::put_token(&e.trees, token_hash, token))?;
-        self.sync()
+        self.sync_engine()
     }
 
     fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
@@ -676,7 +752,7 @@ impl Store for SledStore {
         let _writing = self.writing();
         let e = self.engine();
         accounts::delete_token(&e.trees, token_hash)?;
-        self.sync()
+        self.sync_engine()
     }
 
     fn devices(&self, user: UserId) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -884,7 +960,7 @@ impl Store for SledStore {
         let e = self.engine();
         let found = accounts::update_user(&e.trees, user, |u| u.disabled = disabled)?;
         if found {
-            self.sync()?;
+            self.sync_engine()?;
         }
         Ok(found)
     }
@@ -896,7 +972,7 @@ impl Store for SledStore {
             u.password_hash = password_hash.to_owned()
         })?;
         if found {
-            self.sync()?;
+            self.sync_engine()?;
         }
         Ok(found)
     }
@@ -906,7 +982,7 @@ impl Store for SledStore {
         let e = self.engine();
         let deleted = accounts::delete_user_tokens(&e.trees, user, device_id)?;
         if deleted > 0 {
-            self.sync()?;
+            self.sync_engine()?;
         }
         Ok(deleted)
     }

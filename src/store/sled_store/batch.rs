@@ -11,12 +11,18 @@
 mod push;
 mod social;
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 
 use prost::Message;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
 
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+use sled::Transactional;
+use sled::{IVec, Tree};
+
+use super::wal::{self, META_WAL_LSN};
 use super::{from_sled, Trees, META_MSGID_FLOOR, META_NEXT_GROUP_ID, META_NEXT_USER_ID};
 use crate::store::records::{
     decode, decode_u64, split_user_seq, u64_key, user_seq_key, user_str_key, BodyValue,
@@ -149,15 +155,11 @@ fn scan_for_collect(
     Ok(scans)
 }
 
-/// Applies `ops` in one transaction; see [`crate::store::Store::apply`].
-pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
-    if ops.is_empty() {
-        return Ok(Vec::new());
-    }
-    let scans = scan_for_collect(trees, ops)?;
-    let group_scans = social::scan_groups(trees, ops)?;
-    let timeline_scans = social::scan_timelines(trees, ops)?;
-    let trees = (
+/// The trees a batch writes, in the order of their ids in the write-ahead
+/// log's records (see `wal`). Append only: a record names a tree by its
+/// place here.
+fn logged_trees(trees: &Trees) -> [&Tree; 13] {
+    [
         &trees.meta,
         &trees.userdevice_device,
         &trees.userseq_msgid,
@@ -171,76 +173,233 @@ pub(super) fn apply(trees: &Trees, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>,
         &trees.userpeer_conv,
         &trees.userdevice_push,
         &trees.userdevice_pushjob,
+    ]
+}
+
+/// The tree a write-ahead log record names by `id`.
+pub(super) fn logged_tree(trees: &Trees, id: u8) -> Option<&Tree> {
+    logged_trees(trees).get(usize::from(id)).copied()
+}
+
+/// What one batch produced.
+pub(super) struct Applied {
+    pub outcomes: Vec<WriteOutcome>,
+    /// With a write-ahead log: the batch's writes as a record's entries,
+    /// its lsn's write last, not yet applied to sled (see [`apply`]).
+    pub record: Vec<u8>,
+}
+
+/// Works out `ops`; see [`crate::store::Store::apply`].
+///
+/// Without a write-ahead log (`wal_lsn` is `None`) the batch is one sled
+/// transaction, committed here, so after a crash all of it is there or none
+/// of it (STORE-NOTES 1).
+///
+/// With one, nothing is written to sled here: the batch runs against sled
+/// plus its own writes so far, and its writes come back as a log record
+/// ending with the write of its lsn into `meta`. The caller makes the
+/// record durable and only then applies it to sled ([`wal::apply_record`]),
+/// so sled never holds a write the log could lose, and the record replays
+/// whole after a crash. Why not a sled transaction: every one writes out
+/// sled's io buffer twice (`PageCache::pin_log` rolls it before and after
+/// its batch marker), i.e. two log writes, two `sync_file_range` waits and
+/// two wake-ups of sled's io threads per batch, which is the cost the log
+/// is there to remove.
+///
+/// Readers see a batch's writes land one by one either way (a pull reads
+/// several keys, and sled gives no snapshot across them): new messages stay
+/// hidden by the visible-message floor until their sync, and the other
+/// writes are single-record changes a reader takes before or after.
+pub(super) fn apply(
+    trees: &Trees,
+    ops: &[WriteOp],
+    wal_lsn: Option<u64>,
+) -> Result<Applied, StoreError> {
+    if ops.is_empty() {
+        return Ok(Applied {
+            outcomes: Vec::new(),
+            record: Vec::new(),
+        });
+    }
+    let scans = (
+        scan_for_collect(trees, ops)?,
+        social::scan_groups(trees, ops)?,
+        social::scan_timelines(trees, ops)?,
     );
-    // sled may run the closure again on a conflict, so all batch state is
-    // made inside it.
-    finish_tx(trees.transaction(
-        |(
-            meta,
-            devices,
-            queue,
-            maxseq,
-            bodies,
-            dedupe,
-            groups,
-            members,
-            joined,
-            timeline,
-            convs,
-            push_tokens,
-            push_jobs,
-        )| {
-            let mut batch = Batch {
-                meta,
-                devices,
-                queue,
-                maxseq,
-                bodies,
-                dedupe,
-                groups,
-                members,
-                joined,
-                timeline,
-                convs,
-                push_tokens,
-                push_jobs,
-                scans: &scans,
-                group_scans: &group_scans,
-                timeline_scans: &timeline_scans,
-                member_sets: HashMap::new(),
-                max_seqs: HashMap::new(),
-                raised: BTreeSet::new(),
-                new_seqs: HashMap::new(),
-                new_devices: BTreeSet::new(),
-                top_msg_id: 0,
-            };
-            let outcomes = ops
-                .iter()
-                .map(|op| batch.apply(op))
-                .collect::<TxResult<Vec<_>>>()?;
-            batch.finish()?;
-            Ok(outcomes)
-        },
-    ))
+    let Some(lsn) = wal_lsn else {
+        let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12] = logged_trees(trees);
+        let trees = (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12);
+        // sled may run the closure again on a conflict, so all batch state
+        // is made inside it.
+        let outcomes = finish_tx(trees.transaction(|views| {
+            let (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12) = views;
+            let views = [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12].map(Target::Tx);
+            run(views, None, &scans, ops)
+        }))?;
+        return Ok(Applied {
+            outcomes,
+            record: Vec::new(),
+        });
+    };
+    let log = RefCell::new(Log::default());
+    let views = logged_trees(trees).map(Target::Read);
+    let outcomes = run(views, Some(&log), &scans, ops).map_err(|e| match e {
+        ConflictableTransactionError::Abort(e) => e,
+        ConflictableTransactionError::Storage(e) => from_sled(e),
+        // Only a transaction conflicts.
+        _ => StoreError::Io("a batch outside a transaction reported a conflict".into()),
+    })?;
+    let mut record = log.into_inner().record;
+    wal::encode_insert(&mut record, META_TREE_ID, META_WAL_LSN, &u64_key(lsn));
+    Ok(Applied { outcomes, record })
+}
+
+/// The id of `meta` in [`logged_trees`].
+const META_TREE_ID: u8 = 0;
+
+type Scans = (
+    HashMap<UserId, CollectScan>,
+    HashMap<GroupId, Vec<UserId>>,
+    HashMap<GroupId, Vec<Seq>>,
+);
+
+/// Runs `ops` over `views` (the trees in [`logged_trees`] order).
+fn run(
+    views: [Target<'_>; 13],
+    log: Option<&RefCell<Log>>,
+    (scans, group_scans, timeline_scans): &Scans,
+    ops: &[WriteOp],
+) -> TxResult<Vec<WriteOutcome>> {
+    let mut next_id = 0;
+    let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12] = views.map(|target| {
+        next_id += 1;
+        LoggedTree {
+            target,
+            id: next_id - 1,
+            log,
+        }
+    });
+    let mut batch = Batch {
+        meta: t0,
+        devices: t1,
+        queue: t2,
+        maxseq: t3,
+        bodies: t4,
+        dedupe: t5,
+        groups: t6,
+        members: t7,
+        joined: t8,
+        timeline: t9,
+        convs: t10,
+        push_tokens: t11,
+        push_jobs: t12,
+        scans,
+        group_scans,
+        timeline_scans,
+        member_sets: HashMap::new(),
+        max_seqs: HashMap::new(),
+        raised: BTreeSet::new(),
+        new_seqs: HashMap::new(),
+        new_devices: BTreeSet::new(),
+        top_msg_id: 0,
+    };
+    let outcomes = ops
+        .iter()
+        .map(|op| batch.apply(op))
+        .collect::<TxResult<Vec<_>>>()?;
+    batch.finish()?;
+    Ok(outcomes)
+}
+
+/// Where a batch reads and writes: its transaction, or (with a log) the
+/// trees, read only.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Tx(&'a TransactionalTree),
+    Read(&'a Tree),
+}
+
+/// A batch's writes under a write-ahead log: the record, and each key's
+/// newest value (`None`: removed) for the batch's own reads.
+#[derive(Default)]
+struct Log {
+    record: Vec<u8>,
+    written: HashMap<(u8, IVec), Option<IVec>>,
+}
+
+/// A tree as a batch sees it: through its transaction, or (with a `log`)
+/// through the batch's own writes over the tree.
+#[derive(Clone, Copy)]
+struct LoggedTree<'a> {
+    target: Target<'a>,
+    id: u8,
+    log: Option<&'a RefCell<Log>>,
+}
+
+type TreeResult<T> = Result<T, UnabortableTransactionError>;
+
+impl LoggedTree<'_> {
+    fn get(&self, key: impl AsRef<[u8]>) -> TreeResult<Option<IVec>> {
+        let key = key.as_ref();
+        if let Some(log) = self.log {
+            if let Some(value) = log.borrow().written.get(&(self.id, IVec::from(key))) {
+                return Ok(value.clone());
+            }
+        }
+        match self.target {
+            Target::Tx(tree) => tree.get(key),
+            Target::Read(tree) => tree.get(key).map_err(UnabortableTransactionError::Storage),
+        }
+    }
+
+    fn insert(&self, key: impl AsRef<[u8]>, value: impl Into<IVec>) -> TreeResult<()> {
+        let (key, value) = (key.as_ref(), value.into());
+        match (self.log, self.target) {
+            (Some(log), _) => {
+                let mut log = log.borrow_mut();
+                wal::encode_insert(&mut log.record, self.id, key, &value);
+                log.written.insert((self.id, IVec::from(key)), Some(value));
+                Ok(())
+            }
+            (None, Target::Tx(tree)) => tree.insert(key, value).map(drop),
+            (None, Target::Read(_)) => unreachable!("a read-only view without a log"),
+        }
+    }
+
+    /// Removes `key`; returns whether it was there.
+    fn remove(&self, key: impl AsRef<[u8]>) -> TreeResult<bool> {
+        let key = key.as_ref();
+        match (self.log, self.target) {
+            (Some(log), _) => {
+                let existed = self.get(key)?.is_some();
+                let mut log = log.borrow_mut();
+                wal::encode_remove(&mut log.record, self.id, key);
+                log.written.insert((self.id, IVec::from(key)), None);
+                Ok(existed)
+            }
+            (None, Target::Tx(tree)) => Ok(tree.remove(key)?.is_some()),
+            (None, Target::Read(_)) => unreachable!("a read-only view without a log"),
+        }
+    }
 }
 
 /// One batch in flight: the transaction's trees plus what the batch has
 /// done so far, so that each user's max seq and the msg id floor are
 /// written once per batch rather than once per op.
 struct Batch<'a> {
-    meta: &'a TransactionalTree,
-    devices: &'a TransactionalTree,
-    queue: &'a TransactionalTree,
-    maxseq: &'a TransactionalTree,
-    bodies: &'a TransactionalTree,
-    dedupe: &'a TransactionalTree,
-    groups: &'a TransactionalTree,
-    members: &'a TransactionalTree,
-    joined: &'a TransactionalTree,
-    timeline: &'a TransactionalTree,
-    convs: &'a TransactionalTree,
-    push_tokens: &'a TransactionalTree,
-    push_jobs: &'a TransactionalTree,
+    meta: LoggedTree<'a>,
+    devices: LoggedTree<'a>,
+    queue: LoggedTree<'a>,
+    maxseq: LoggedTree<'a>,
+    bodies: LoggedTree<'a>,
+    dedupe: LoggedTree<'a>,
+    groups: LoggedTree<'a>,
+    members: LoggedTree<'a>,
+    joined: LoggedTree<'a>,
+    timeline: LoggedTree<'a>,
+    convs: LoggedTree<'a>,
+    push_tokens: LoggedTree<'a>,
+    push_jobs: LoggedTree<'a>,
     scans: &'a HashMap<UserId, CollectScan>,
     /// Current members of the groups the batch fans out to, as scanned
     /// before the transaction (see `social::scan_groups`).
@@ -380,7 +539,7 @@ impl Batch<'_> {
             } => self.collect_timeline(*group, *up_to_seq, *retain_since_ms, *limit),
             WriteOp::ForgetDevice { user, device_id } => {
                 let key = user_str_key(*user, device_id);
-                let existed = self.devices.remove(&key[..])?.is_some();
+                let existed = self.devices.remove(&key[..])?;
                 // A revoked device gets no more pushes either.
                 self.push_tokens.remove(&key[..])?;
                 self.push_jobs.remove(&key[..])?;

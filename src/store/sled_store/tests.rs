@@ -601,3 +601,182 @@ fn simultaneous_compactions_take_turns() {
     let store = SledStore::open(&path, Durability::Fsync).unwrap();
     assert_eq!(store.max_seq(2).unwrap(), 200);
 }
+
+/// The contract once more on the sled transaction path, which `fsync`
+/// durability (the write-ahead log) no longer takes.
+mod without_the_log {
+    use super::SledFixture;
+    use crate::store::Durability;
+
+    crate::store::contract::store_contract_tests!(SledFixture::new(Durability::Buffered));
+}
+
+/// Copies a data directory (not its lock), as a crash would leave it.
+fn copy_data(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_data(&entry.path(), &target);
+        } else if entry.file_name() != super::files::LOCK_FILE {
+            // A segment the checkpointer deletes meanwhile: as if the crash
+            // came after the deletion.
+            match std::fs::copy(entry.path(), &target) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                copied => drop(copied.unwrap()),
+            }
+        }
+    }
+}
+
+/// Options for the log tests: no background flush or checkpoint, so sled's
+/// files change only when a test says so.
+fn quiet_options() -> super::SledOptions {
+    super::SledOptions {
+        flush_every_ms: None,
+        checkpoint_every: std::time::Duration::from_secs(3600),
+        ..super::SledOptions::default()
+    }
+}
+
+fn segments(data: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(data.join(super::wal::WAL_DIR))
+        .map(|listing| listing.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// A store with `sent` messages to user 2 answered (synced), and a copy of
+/// its data directory taken before any of them: sled's files as a crash
+/// may leave them when none of sled's own writes reached the disk.
+fn sled_behind_the_log(sent: u64) -> (TempDir, SledStore, std::path::PathBuf) {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let store = SledStore::open_with(&data, Durability::Fsync, &quiet_options()).unwrap();
+    let before = dir.path().join("before");
+    copy_data(&data, &before);
+    for n in 0..sent {
+        store.apply(&[send(1, 2, msg_id(1 + n, 0))]).unwrap();
+        store.sync().unwrap();
+    }
+    (dir, store, before)
+}
+
+/// Puts the live store's log into `copy` in place of the copy's own.
+fn take_log(data: &Path, copy: &Path) -> std::path::PathBuf {
+    let wal = copy.join(super::wal::WAL_DIR);
+    std::fs::remove_dir_all(&wal).unwrap();
+    copy_data(&data.join(super::wal::WAL_DIR), &wal);
+    segments(copy).pop().expect("a segment")
+}
+
+#[test]
+fn the_log_restores_answered_batches_sled_lost() {
+    let (dir, store, before) = sled_behind_the_log(5);
+    let segment = take_log(&dir.path().join("data"), &before);
+    // A record the crash cut short: never answered, so it is dropped.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[40, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(file);
+    drop(store);
+
+    let reopened = SledStore::open_with(&before, Durability::Fsync, &quiet_options()).unwrap();
+    assert_eq!(reopened.max_seq(2).unwrap(), 5);
+    let page = reopened.pull(2, 0, 10).unwrap();
+    let ids: Vec<_> = page.messages.iter().map(|m| m.msg_id).collect();
+    assert_eq!(ids, (1..=5).map(|n| msg_id(n, 0)).collect::<Vec<_>>());
+    // Recovery made sled durable and began a new log.
+    assert_eq!(segments(&before).len(), 1);
+    reopened.apply(&[send(1, 2, msg_id(9, 0))]).unwrap();
+    reopened.sync().unwrap();
+    assert_eq!(reopened.max_seq(2).unwrap(), 6);
+}
+
+#[test]
+fn a_log_that_does_not_reach_back_to_sled_is_refused() {
+    let (dir, store, before) = sled_behind_the_log(4);
+    let segment = take_log(&dir.path().join("data"), &before);
+    drop(store);
+    // Drop the first two records, as if their segment were lost.
+    let bytes = std::fs::read(&segment).unwrap();
+    let (frames, torn) = super::wal::frames(&bytes);
+    assert!(!torn);
+    let third = frames[2].1.start - 16;
+    std::fs::write(&segment, &bytes[third..]).unwrap();
+
+    match SledStore::open_with(&before, Durability::Fsync, &quiet_options()) {
+        Err(StoreError::Corrupt(message)) => {
+            assert!(message.contains("are missing"), "{message}");
+            assert!(message.contains("damaged"), "{message}");
+        }
+        other => panic!("expected a refusal, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn a_damaged_record_before_the_newest_segment_is_refused() {
+    let (dir, store, before) = sled_behind_the_log(3);
+    let segment = take_log(&dir.path().join("data"), &before);
+    drop(store);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    // A newer segment after it: the damage is no longer a torn tail.
+    let newer = segment.with_file_name(format!("{:020}.log", 1_000_000));
+    std::fs::write(&newer, b"").unwrap();
+    match SledStore::open_with(&before, Durability::Fsync, &quiet_options()) {
+        Err(StoreError::Corrupt(message)) => assert!(message.contains("damaged"), "{message}"),
+        other => panic!("expected a refusal, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn a_clean_close_leaves_nothing_to_replay() {
+    let (dir, store, _) = sled_behind_the_log(3);
+    let data = dir.path().join("data");
+    assert_eq!(segments(&data).len(), 1);
+    drop(store);
+    assert!(segments(&data).is_empty());
+    let reopened = SledStore::open_with(&data, Durability::Fsync, &quiet_options()).unwrap();
+    assert_eq!(reopened.max_seq(2).unwrap(), 3);
+}
+
+#[test]
+fn the_checkpointer_deletes_segments_sled_has_made_redundant() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let options = super::SledOptions {
+        checkpoint_every: std::time::Duration::ZERO,
+        ..quiet_options()
+    };
+    let store = SledStore::open_with(&data, Durability::Fsync, &options).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut n = 0;
+    // Every sync may start a new segment; the old ones go once sled is
+    // durable. Keep writing until one was deleted (the first segment is).
+    let first = segments(&data)[0].clone();
+    while first.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint in 20 s"
+        );
+        n += 1;
+        store.apply(&[send(1, 2, msg_id(n, 0))]).unwrap();
+        store.sync().unwrap();
+    }
+    assert!(segments(&data).len() <= 2, "{:?}", segments(&data));
+    // What the deleted segments held is in sled, durably: a copy of the
+    // directory now (sled's files as they are, the remaining log) opens
+    // with every message.
+    let copy = dir.path().join("copy");
+    copy_data(&data, &copy);
+    drop(store);
+    let reopened = SledStore::open_with(&copy, Durability::Fsync, &quiet_options()).unwrap();
+    assert_eq!(reopened.max_seq(2).unwrap(), n);
+}

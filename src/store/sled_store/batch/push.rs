@@ -87,7 +87,7 @@ impl Batch<'_> {
                 Ok(WriteOutcome::PushUpdated(true))
             }
             None => {
-                let existed = self.push_tokens.remove(&key[..])?.is_some();
+                let existed = self.push_tokens.remove(&key[..])?;
                 self.push_jobs.remove(&key[..])?;
                 Ok(WriteOutcome::PushUpdated(existed))
             }
