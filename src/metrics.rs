@@ -430,6 +430,8 @@ pub struct Scrape {
     pub store_bytes: Option<u64>,
     /// Compactions of the store since start.
     pub compactions: crate::store::CompactionTotals,
+    /// The store's write-ahead log.
+    pub wal: crate::store::WalTotals,
     /// Whether the server is ready (see `/readyz`).
     pub ready: bool,
 }
@@ -662,10 +664,36 @@ impl Metrics {
             "Compactions of the store (files rewritten to give space back).",
             scrape.compactions.count,
         );
-        let name = "pigeon_store_compaction_pause_seconds_total";
-        header(o, name, "Seconds writes waited for compactions.", "counter");
-        let paused = scrape.compactions.writes_paused_ms as f64 / 1000.0;
-        let _ = writeln!(o, "{name} {paused}");
+        seconds_counter(
+            o,
+            "pigeon_store_compaction_pause_seconds_total",
+            "Seconds writes waited for compactions.",
+            scrape.compactions.writes_paused_ms,
+        );
+        gauge(
+            o,
+            "pigeon_wal_replayed_records",
+            "Write-ahead log records replayed when the store was opened (0 after a clean stop).",
+            scrape.wal.replayed_at_open as i64,
+        );
+        counter(
+            o,
+            "pigeon_wal_checkpoints_total",
+            "Checkpoints: the store's files made durable behind the write-ahead log.",
+            scrape.wal.checkpoints,
+        );
+        seconds_counter(
+            o,
+            "pigeon_wal_checkpoint_seconds_total",
+            "Seconds the checkpoints took.",
+            scrape.wal.checkpoint_ms,
+        );
+        gauge(
+            o,
+            "pigeon_wal_segment_bytes",
+            "Bytes in the write-ahead log segment being written.",
+            scrape.wal.segment_bytes as i64,
+        );
         self.push.render(o);
         gauge(
             o,
@@ -712,6 +740,12 @@ fn header(out: &mut String, name: &str, help: &str, kind: &str) {
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     header(out, name, help, "counter");
     let _ = writeln!(out, "{name} {value}");
+}
+
+/// A counter of seconds kept in milliseconds.
+fn seconds_counter(out: &mut String, name: &str, help: &str, millis: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {}", millis as f64 / 1000.0);
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: i64) {

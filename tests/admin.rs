@@ -471,6 +471,17 @@ async fn metrics_are_scraped_and_counters_move_with_traffic() {
     assert_eq!(get(&after, "pigeon_sessions{platform=\"ios\"}"), 2.0);
     assert_eq!(get(&after, "pigeon_sessions{platform=\"web\"}"), 0.0);
     assert_eq!(get(&after, "pigeon_ready"), 1.0);
+    // The write-ahead log (values: src/store/sled_store/tests.rs). A fresh
+    // store replayed nothing.
+    for name in [
+        "pigeon_wal_replayed_records",
+        "pigeon_wal_checkpoints_total",
+        "pigeon_wal_checkpoint_seconds_total",
+        "pigeon_wal_segment_bytes",
+    ] {
+        assert!(after.contains_key(name), "{name} is scraped");
+    }
+    assert_eq!(get(&after, "pigeon_wal_replayed_records"), 0.0);
     assert!(
         check_histogram(&after, "pigeon_commit_batch_ops")
             > check_histogram(&before, "pigeon_commit_batch_ops")

@@ -40,6 +40,7 @@ pub(super) async fn metrics(ctx: &Context) -> Answer {
         bodies: store.as_ref().map(|s| s.bodies),
         store_bytes: store.as_ref().map(|s| s.disk_bytes),
         compactions: ctx.store.compaction_totals(),
+        wal: ctx.store.wal_totals(),
         ready: ctx.serving.load(Ordering::Acquire) && committer.is_running(),
     };
     let mut response = Response::text(200, ctx.metrics.render(&scrape));

@@ -579,6 +579,21 @@ pub struct CompactionTotals {
     pub writes_paused_ms: u64,
 }
 
+/// What the write-ahead log of `fsync` durability has done since the store
+/// was opened, for metrics (all zero without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WalTotals {
+    /// Records replayed into the engine when the store was opened (after a
+    /// crash or power cut; 0 after a clean stop).
+    pub replayed_at_open: u64,
+    /// Checkpoints completed (the engine made durable, a segment deleted).
+    pub checkpoints: u64,
+    /// Milliseconds the checkpoints took, summed.
+    pub checkpoint_ms: u64,
+    /// Bytes of records in the segment being written.
+    pub segment_bytes: u64,
+}
+
 /// The storage interface of the messaging code.
 ///
 /// Reads see every write applied before them. Writes of one `apply` call are
@@ -761,6 +776,12 @@ pub trait Store: Send + Sync + 'static {
     /// What [`Store::compact`] has done since the store was opened.
     fn compaction_totals(&self) -> CompactionTotals {
         CompactionTotals::default()
+    }
+
+    /// What the engine's write-ahead log has done since the store was
+    /// opened.
+    fn wal_totals(&self) -> WalTotals {
+        WalTotals::default()
     }
 
     /// Check that the store still takes writes (for the readiness probe):

@@ -227,6 +227,10 @@ pub struct SledStore {
     /// With `fsync` durability, the write-ahead log that makes each applied
     /// batch durable (see [`wal`]); `None` otherwise.
     wal: Option<Mutex<wal::Wal>>,
+    /// The log's counters (see [`Store::wal_totals`]), and the records
+    /// replayed when the store was opened.
+    wal_stats: Option<Arc<wal::WalStats>>,
+    wal_replayed: u64,
     /// The highest message id the last successful `sync` made durable (as
     /// far as the durability setting goes). Pulls and timelines stop below
     /// the first entry above it, so no device is shown, and moves its
@@ -334,6 +338,9 @@ impl SledStore {
             )?)),
             Durability::Flush | Durability::Buffered => None,
         };
+        let wal_stats = wal
+            .as_ref()
+            .map(|w| w.lock().unwrap_or_else(|p| p.into_inner()).stats());
         let store = SledStore {
             engine,
             path: path.to_owned(),
@@ -343,6 +350,8 @@ impl SledStore {
             min_free_bytes: options.min_free_bytes,
             failed,
             wal,
+            wal_stats,
+            wal_replayed: recovered.replayed,
             visible_msg_id: std::sync::atomic::AtomicU64::new(0),
             write_gate: RwLock::new(()),
             compacting: Mutex::new(()),
@@ -1013,6 +1022,20 @@ impl Store for SledStore {
             count: self.compactions_done.load(Relaxed),
             writes_paused_ms: self.compactions_paused_ms.load(Relaxed),
         }
+    }
+
+    fn wal_totals(&self) -> super::WalTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut totals = super::WalTotals {
+            replayed_at_open: self.wal_replayed,
+            ..Default::default()
+        };
+        if let Some(stats) = &self.wal_stats {
+            totals.checkpoints = stats.checkpoints.load(Relaxed);
+            totals.checkpoint_ms = stats.checkpoint_ms.load(Relaxed);
+            totals.segment_bytes = stats.segment_bytes.load(Relaxed);
+        }
+        totals
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {

@@ -675,6 +675,7 @@ fn take_log(data: &Path, copy: &Path) -> std::path::PathBuf {
 #[test]
 fn the_log_restores_answered_batches_sled_lost() {
     let (dir, store, before) = sled_behind_the_log(5);
+    assert!(store.wal_totals().segment_bytes > 0);
     let segment = take_log(&dir.path().join("data"), &before);
     // A record the crash cut short: never answered, so it is dropped.
     let mut file = std::fs::OpenOptions::new()
@@ -686,6 +687,7 @@ fn the_log_restores_answered_batches_sled_lost() {
     drop(store);
 
     let reopened = SledStore::open_with(&before, Durability::Fsync, &quiet_options()).unwrap();
+    assert_eq!(reopened.wal_totals().replayed_at_open, 5);
     assert_eq!(reopened.max_seq(2).unwrap(), 5);
     let page = reopened.pull(2, 0, 10).unwrap();
     let ids: Vec<_> = page.messages.iter().map(|m| m.msg_id).collect();
@@ -744,6 +746,7 @@ fn a_clean_close_leaves_nothing_to_replay() {
     drop(store);
     assert!(segments(&data).is_empty());
     let reopened = SledStore::open_with(&data, Durability::Fsync, &quiet_options()).unwrap();
+    assert_eq!(reopened.wal_totals().replayed_at_open, 0);
     assert_eq!(reopened.max_seq(2).unwrap(), 3);
 }
 
@@ -759,9 +762,10 @@ fn the_checkpointer_deletes_segments_sled_has_made_redundant() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut n = 0;
     // Every sync may start a new segment; the old ones go once sled is
-    // durable. Keep writing until one was deleted (the first segment is).
+    // durable. Keep writing until a checkpoint is done (the first one
+    // deletes the first segment).
     let first = segments(&data)[0].clone();
-    while first.exists() {
+    while store.wal_totals().checkpoints == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "no checkpoint in 20 s"
@@ -770,6 +774,7 @@ fn the_checkpointer_deletes_segments_sled_has_made_redundant() {
         store.apply(&[send(1, 2, msg_id(n, 0))]).unwrap();
         store.sync().unwrap();
     }
+    assert!(!first.exists());
     assert!(segments(&data).len() <= 2, "{:?}", segments(&data));
     // What the deleted segments held is in sled, durably: a copy of the
     // directory now (sled's files as they are, the remaining log) opens

@@ -56,7 +56,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -351,6 +351,15 @@ impl Segment {
     }
 }
 
+/// Counters of the log, shared with the checkpointer thread and read by
+/// metrics without taking the writer's lock.
+#[derive(Default)]
+pub(super) struct WalStats {
+    pub checkpoints: AtomicU64,
+    pub checkpoint_ms: AtomicU64,
+    pub segment_bytes: AtomicU64,
+}
+
 /// The writer's side of the log: appends records, makes them durable, and
 /// hands full segments to the checkpointer.
 pub(super) struct Wal {
@@ -361,6 +370,7 @@ pub(super) struct Wal {
     next_lsn: u64,
     every: Duration,
     checkpointer: Checkpointer,
+    stats: Arc<WalStats>,
 }
 
 impl Wal {
@@ -378,14 +388,21 @@ impl Wal {
             sync_dir(data)?;
         }
         let segment = Segment::create(&dir, next_lsn)?;
+        let stats = Arc::new(WalStats::default());
         Ok(Wal {
             dir,
             segment,
             pending: Vec::new(),
             next_lsn,
             every,
-            checkpointer: Checkpointer::start(engine, failed)?,
+            checkpointer: Checkpointer::start(engine, failed, stats.clone())?,
+            stats,
         })
+    }
+
+    /// The log's counters.
+    pub(super) fn stats(&self) -> Arc<WalStats> {
+        self.stats.clone()
     }
 
     /// The lsn the next record gets.
@@ -426,6 +443,9 @@ impl Wal {
             .sync_data()
             .map_err(|e| io_error("cannot fdatasync", path, e))?;
         self.segment.bytes += self.pending.len() as u64;
+        self.stats
+            .segment_bytes
+            .store(self.segment.bytes, Ordering::Relaxed);
         self.pending.clear();
         Ok(true)
     }
@@ -441,6 +461,7 @@ impl Wal {
         if due && self.pending.is_empty() && self.checkpointer.is_idle() {
             let next = Segment::create(&self.dir, self.next_lsn)?;
             let full = std::mem::replace(&mut self.segment, next);
+            self.stats.segment_bytes.store(0, Ordering::Relaxed);
             self.checkpointer.hand(full.path);
         }
         Ok(())
@@ -473,6 +494,7 @@ impl Checkpointer {
     fn start(
         engine: Arc<RwLock<Arc<Engine>>>,
         failed: Arc<Mutex<Option<String>>>,
+        stats: Arc<WalStats>,
     ) -> Result<Checkpointer, StoreError> {
         let idle = Arc::new(AtomicBool::new(true));
         let (sender, receiver) = mpsc::channel::<PathBuf>();
@@ -484,9 +506,15 @@ impl Checkpointer {
                     // The current engine: a compaction may have switched
                     // since the segment was handed over, and its copy holds
                     // (durably) everything the old engine did.
+                    let started = Instant::now();
                     let current = engine.read().unwrap_or_else(|p| p.into_inner()).clone();
                     let done = current.fsync().and_then(|()| remove(&segment));
                     drop(current);
+                    if done.is_ok() {
+                        stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                        let ms = started.elapsed().as_millis() as u64;
+                        stats.checkpoint_ms.fetch_add(ms, Ordering::Relaxed);
+                    }
                     if let Err(e) = done {
                         // The segment stays and is replayed at the next
                         // start; sled may hold writes its disk does not.
