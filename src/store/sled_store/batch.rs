@@ -234,7 +234,7 @@ pub(super) fn apply(
         let outcomes = finish_tx(trees.transaction(|views| {
             let (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12) = views;
             let views = [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12].map(Target::Tx);
-            run(views, None, &scans, ops)
+            run(views, &scans, ops)
         }))?;
         return Ok(Applied {
             outcomes,
@@ -242,8 +242,8 @@ pub(super) fn apply(
         });
     };
     let log = RefCell::new(Log::default());
-    let views = logged_trees(trees).map(Target::Read);
-    let outcomes = run(views, Some(&log), &scans, ops).map_err(|e| match e {
+    let views = logged_trees(trees).map(|tree| Target::Log(tree, &log));
+    let outcomes = run(views, &scans, ops).map_err(|e| match e {
         ConflictableTransactionError::Abort(e) => e,
         ConflictableTransactionError::Storage(e) => from_sled(e),
         // Only a transaction conflicts.
@@ -266,7 +266,6 @@ type Scans = (
 /// Runs `ops` over `views` (the trees in [`logged_trees`] order).
 fn run(
     views: [Target<'_>; 13],
-    log: Option<&RefCell<Log>>,
     (scans, group_scans, timeline_scans): &Scans,
     ops: &[WriteOp],
 ) -> TxResult<Vec<WriteOutcome>> {
@@ -276,7 +275,6 @@ fn run(
         LoggedTree {
             target,
             id: next_id - 1,
-            log,
         }
     });
     let mut batch = Batch {
@@ -311,12 +309,12 @@ fn run(
     Ok(outcomes)
 }
 
-/// Where a batch reads and writes: its transaction, or (with a log) the
-/// trees, read only.
+/// Where a batch reads and writes: its transaction, or (with a
+/// write-ahead log) the tree, only read, under the batch's own writes.
 #[derive(Clone, Copy)]
 enum Target<'a> {
     Tx(&'a TransactionalTree),
-    Read(&'a Tree),
+    Log(&'a Tree, &'a RefCell<Log>),
 }
 
 /// A batch's writes under a write-ahead log: the record, and each key's
@@ -327,13 +325,11 @@ struct Log {
     written: HashMap<(u8, IVec), Option<IVec>>,
 }
 
-/// A tree as a batch sees it: through its transaction, or (with a `log`)
-/// through the batch's own writes over the tree.
+/// A tree as a batch sees it (see [`Target`]); `id` names it in records.
 #[derive(Clone, Copy)]
 struct LoggedTree<'a> {
     target: Target<'a>,
     id: u8,
-    log: Option<&'a RefCell<Log>>,
 }
 
 type TreeResult<T> = Result<T, UnabortableTransactionError>;
@@ -341,45 +337,49 @@ type TreeResult<T> = Result<T, UnabortableTransactionError>;
 impl LoggedTree<'_> {
     fn get(&self, key: impl AsRef<[u8]>) -> TreeResult<Option<IVec>> {
         let key = key.as_ref();
-        if let Some(log) = self.log {
-            if let Some(value) = log.borrow().written.get(&(self.id, IVec::from(key))) {
-                return Ok(value.clone());
-            }
-        }
         match self.target {
             Target::Tx(tree) => tree.get(key),
-            Target::Read(tree) => tree.get(key).map_err(UnabortableTransactionError::Storage),
+            Target::Log(tree, log) => {
+                if let Some(value) = log.borrow().written.get(&(self.id, IVec::from(key))) {
+                    return Ok(value.clone());
+                }
+                tree.get(key).map_err(UnabortableTransactionError::Storage)
+            }
         }
     }
 
     fn insert(&self, key: impl AsRef<[u8]>, value: impl Into<IVec>) -> TreeResult<()> {
         let (key, value) = (key.as_ref(), value.into());
-        match (self.log, self.target) {
-            (Some(log), _) => {
-                let mut log = log.borrow_mut();
-                wal::encode_insert(&mut log.record, self.id, key, &value);
-                log.written.insert((self.id, IVec::from(key)), Some(value));
+        match self.target {
+            Target::Tx(tree) => tree.insert(key, value).map(drop),
+            Target::Log(_, log) => {
+                self.record(log, key, Some(value));
                 Ok(())
             }
-            (None, Target::Tx(tree)) => tree.insert(key, value).map(drop),
-            (None, Target::Read(_)) => unreachable!("a read-only view without a log"),
         }
     }
 
     /// Removes `key`; returns whether it was there.
     fn remove(&self, key: impl AsRef<[u8]>) -> TreeResult<bool> {
         let key = key.as_ref();
-        match (self.log, self.target) {
-            (Some(log), _) => {
+        match self.target {
+            Target::Tx(tree) => Ok(tree.remove(key)?.is_some()),
+            Target::Log(_, log) => {
                 let existed = self.get(key)?.is_some();
-                let mut log = log.borrow_mut();
-                wal::encode_remove(&mut log.record, self.id, key);
-                log.written.insert((self.id, IVec::from(key)), None);
+                self.record(log, key, None);
                 Ok(existed)
             }
-            (None, Target::Tx(tree)) => Ok(tree.remove(key)?.is_some()),
-            (None, Target::Read(_)) => unreachable!("a read-only view without a log"),
         }
+    }
+
+    /// Adds a write to the batch's record and to what its reads see.
+    fn record(&self, log: &RefCell<Log>, key: &[u8], value: Option<IVec>) {
+        let mut log = log.borrow_mut();
+        match &value {
+            Some(value) => wal::encode_insert(&mut log.record, self.id, key, value),
+            None => wal::encode_remove(&mut log.record, self.id, key),
+        }
+        log.written.insert((self.id, IVec::from(key)), value);
     }
 }
 

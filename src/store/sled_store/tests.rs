@@ -337,20 +337,6 @@ fn listing(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Copies a directory tree (test helper for crash states).
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_compacted_store_lives_in_its_generation_and_the_old_files_are_gone() {
     let dir = TempDir::new().unwrap();
@@ -421,7 +407,7 @@ fn a_crash_after_the_switch_opens_the_new_store() {
     store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
     store.sync().unwrap();
     store.fsync().unwrap();
-    copy_tree(&path, &old);
+    copy_data(&path, &old);
     store.compact().unwrap();
     store.apply(&[send(1, 2, msg_id(2, 0))]).unwrap();
     store.sync().unwrap();

@@ -427,11 +427,10 @@ impl Wal {
         self.pending.extend_from_slice(entries);
     }
 
-    /// Writes and fdatasyncs the queued records. Returns whether anything
-    /// was written.
-    pub(super) fn sync(&mut self) -> Result<bool, StoreError> {
+    /// Writes and fdatasyncs the queued records, if any.
+    pub(super) fn sync(&mut self) -> Result<(), StoreError> {
         if self.pending.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         let path = &self.segment.path;
         self.segment
@@ -447,7 +446,7 @@ impl Wal {
             .segment_bytes
             .store(self.segment.bytes, Ordering::Relaxed);
         self.pending.clear();
-        Ok(true)
+        Ok(())
     }
 
     /// If the segment is due and the checkpointer idle, starts the next
@@ -471,9 +470,7 @@ impl Wal {
     /// segment: a clean stop leaves nothing to replay.
     pub(super) fn close(mut self, engine: &Engine) -> Result<(), StoreError> {
         self.checkpointer.stop();
-        if !self.pending.is_empty() {
-            self.sync()?;
-        }
+        self.sync()?;
         engine.fsync()?;
         for (_, path) in segments(&self.dir)? {
             remove(&path)?;
@@ -610,10 +607,15 @@ mod tests {
             encode_insert(&mut record, 0, &[i], &[i; 10]);
             wal.append(&record);
         }
-        assert!(wal.sync().unwrap());
-        assert!(!wal.sync().unwrap(), "nothing queued, nothing written");
+        wal.sync().unwrap();
         let path = wal.segment.path.clone();
         let whole = fs::read(&path).unwrap();
+        wal.sync().unwrap();
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            whole,
+            "nothing queued, nothing written"
+        );
         let (found, torn) = frames(&whole);
         assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert!(!torn);
