@@ -32,6 +32,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 
 /// How much one socket read asks for.
 const READ_CHUNK: usize = 8 * 1024;
@@ -223,20 +224,25 @@ impl TlsStream {
     }
 
     /// Read what the socket has into `incoming`; `Ok(0)` is end of stream.
+    ///
+    /// Through tokio's `poll_read`, not `try_read`: a read that returns less
+    /// than it asked for has drained the socket, and `poll_read` then
+    /// clears the readiness itself, so the next fill waits for epoll
+    /// instead of making a `recv` that can only fail with EAGAIN (half of
+    /// all `recvfrom` calls at load were such, one per request read).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.tcp.poll_read_ready(cx))?;
-            if self.incoming.len() >= MAX_INCOMING {
-                return Poll::Ready(Err(protocol_error("TLS input above the record size limit")));
-            }
-            self.incoming
-                .reserve(READ_CHUNK.min(MAX_INCOMING - self.incoming.len()));
-            match self.tcp.try_read_buf(&mut self.incoming) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => release(&mut self.incoming),
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        if self.incoming.len() >= MAX_INCOMING {
+            return Poll::Ready(Err(protocol_error("TLS input above the record size limit")));
         }
+        // Readable first: a connection waiting for input holds no buffer.
+        ready!(self.tcp.poll_read_ready(cx))?;
+        self.incoming
+            .reserve(READ_CHUNK.min(MAX_INCOMING - self.incoming.len()));
+        let filled = poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.incoming);
+        if filled.is_pending() {
+            release(&mut self.incoming);
+        }
+        filled
     }
 
     /// Write `outgoing` to the socket; freed once all of it is written.
