@@ -207,46 +207,37 @@ pub async fn run(messaging: Arc<Messaging>, interval: Duration, shutdown: Cancel
 }
 
 /// Write every recorded acknowledgement: one cursor write per device, then
-/// one collection per user, all submitted before any is awaited so that
-/// they share a batch. A failure leaves the cursor where it was; the
-/// device's next pull or ack moves it again.
+/// one collection per user, in steps that sends can pass between (see
+/// [`Committer::write_in_steps`](super::committer::Committer::write_in_steps)).
+/// A failure leaves the cursor where it was; the device's next pull or ack
+/// moves it again.
 pub async fn write_pending(messaging: &Messaging) {
     let _turn = messaging.acks().turn.lock().await;
     let taken = messaging.acks().take();
     if taken.is_empty() {
         return;
     }
-    let committer = messaging.committer();
-    let mut waiting = Vec::new();
+    let mut ops = Vec::new();
     for (&user, devices) in &taken {
         let mut latest = 0;
         for (device_id, ack) in devices {
             latest = latest.max(ack.at_ms);
-            let op = WriteOp::Ack {
+            ops.push(WriteOp::Ack {
                 user,
                 device_id: device_id.clone(),
                 seq: ack.seq,
                 now_ms: ack.at_ms,
                 // The device may have been revoked since its pull.
                 if_present: true,
-            };
-            match committer.submit(op).await {
-                Ok(reply) => waiting.push(reply),
-                Err(e) => tracing::warn!(error = %e, user, "cannot write a deferred ack"),
-            }
+            });
         }
-        match committer.submit(messaging.collect_op(user, latest)).await {
-            Ok(reply) => waiting.push(reply),
-            Err(e) => tracing::warn!(error = %e, user, "cannot collect after deferred acks"),
-        }
+        ops.push(messaging.collect_op(user, latest));
     }
-    for reply in waiting {
-        match reply.await {
-            Ok(Ok(WriteOutcome::Acked { .. } | WriteOutcome::Collected { .. })) => {}
-            Ok(Ok(other)) => tracing::warn!(?other, "unexpected outcome of a deferred ack"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "a deferred ack failed"),
-            // The committer stopped; the cursors stay where they were.
-            Err(_) => {}
+    for outcome in messaging.committer().write_in_steps(ops).await {
+        match outcome {
+            Ok(WriteOutcome::Acked { .. } | WriteOutcome::Collected { .. }) => {}
+            Ok(other) => tracing::warn!(?other, "unexpected outcome of a deferred ack"),
+            Err(e) => tracing::warn!(error = %e, "a deferred ack or its collection failed"),
         }
     }
     messaging.acks().written(&taken);

@@ -148,12 +148,9 @@ pub async fn sweep(
         let Some(&last) = users.last() else { break };
         visited += users.len() as u64;
         let now = now_ms();
-        let mut pending = Vec::with_capacity(users.len());
-        for user in users {
-            pending.push(committer.submit(messaging.collect_op(user, now)).await?);
-        }
-        for rx in pending {
-            rx.await.map_err(|_| ServiceError::ShuttingDown)??;
+        let ops = users.iter().map(|&user| messaging.collect_op(user, now));
+        for outcome in committer.write_in_steps(ops.collect()).await {
+            outcome?;
         }
         after = last;
     }
