@@ -27,7 +27,7 @@ const QUEUE_DEPTH: usize = 8192;
 
 /// Most background ops [`Committer::write_in_steps`] has with the writer
 /// at once: about a millisecond of its work.
-pub const BACKGROUND_STEP: usize = 128;
+pub const BACKGROUND_STEP: usize = 64;
 
 /// Result of one submitted op.
 pub type OpResult = Result<WriteOutcome, StoreError>;
