@@ -694,6 +694,22 @@ impl Metrics {
             "Bytes in the write-ahead log segment being written.",
             scrape.wal.segment_bytes as i64,
         );
+        let name = "pigeon_commit_phase_seconds_total";
+        header(
+            o,
+            name,
+            "Seconds the committer spent on batches under the write-ahead log, by phase; \
+             their summed rate is how busy the one writer is.",
+            "counter",
+        );
+        for (phase, micros) in [
+            ("work", scrape.wal.work_us),
+            ("log", scrape.wal.log_us),
+            ("apply", scrape.wal.apply_us),
+        ] {
+            let seconds = micros as f64 / 1e6;
+            let _ = writeln!(o, "{name}{{phase=\"{phase}\"}} {seconds}");
+        }
         self.push.render(o);
         gauge(
             o,

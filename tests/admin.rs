@@ -482,6 +482,11 @@ async fn metrics_are_scraped_and_counters_move_with_traffic() {
         assert!(after.contains_key(name), "{name} is scraped");
     }
     assert_eq!(get(&after, "pigeon_wal_replayed_records"), 0.0);
+    // Every durable batch works out, logs and applies: each phase took time.
+    for phase in ["work", "log", "apply"] {
+        let series = format!("pigeon_commit_phase_seconds_total{{phase=\"{phase}\"}}");
+        assert!(moved(&series) > 0.0, "{series} did not move");
+    }
     assert!(
         check_histogram(&after, "pigeon_commit_batch_ops")
             > check_histogram(&before, "pigeon_commit_batch_ops")

@@ -592,6 +592,13 @@ pub struct WalTotals {
     pub checkpoint_ms: u64,
     /// Bytes of records in the segment being written.
     pub segment_bytes: u64,
+    /// Microseconds the writer spent working batches out against the
+    /// store (reads, the record's encoding), summed.
+    pub work_us: u64,
+    /// Microseconds spent writing and fdatasyncing records, summed.
+    pub log_us: u64,
+    /// Microseconds spent applying records to the engine, summed.
+    pub apply_us: u64,
 }
 
 /// The storage interface of the messaging code.

@@ -358,6 +358,11 @@ pub(super) struct WalStats {
     pub checkpoints: AtomicU64,
     pub checkpoint_ms: AtomicU64,
     pub segment_bytes: AtomicU64,
+    /// Microseconds the writer spent on batches, by phase (see
+    /// [`WalTotals`](crate::store::WalTotals)).
+    pub work_us: AtomicU64,
+    pub log_us: AtomicU64,
+    pub apply_us: AtomicU64,
 }
 
 /// The writer's side of the log: appends records, makes them durable, and
