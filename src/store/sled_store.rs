@@ -48,7 +48,6 @@ use std::cell::Cell;
 use std::ops::Bound;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Once, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -667,17 +666,19 @@ impl Store for SledStore {
         // Write-ahead: the record is durable before sled sees its writes
         // (see `batch::apply`).
         let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
-        let mut phases = Phases::start(self.wal_stats.as_deref());
+        let started = Instant::now();
         let applied = self.track(batch::apply(&e.trees, ops, Some(wal.next_lsn())))?;
-        phases.lap(|stats| &stats.work_us);
         if applied.record.is_empty() {
             return Ok(applied.outcomes);
         }
+        let worked = Instant::now();
         wal.append(&applied.record);
         self.track(wal.sync())?;
-        phases.lap(|stats| &stats.log_us);
+        let logged = Instant::now();
         self.track(wal::apply_record(&e.trees, &applied.record))?;
-        phases.lap(|stats| &stats.apply_us);
+        if let Some(stats) = &self.wal_stats {
+            stats.add_batch(worked - started, logged - worked, logged.elapsed());
+        }
         self.track(wal.rotate_if_due())?;
         Ok(applied.outcomes)
     }
@@ -1173,31 +1174,5 @@ fn from_sled(error: sled::Error) -> StoreError {
     match error {
         sled::Error::Io(e) => StoreError::Io(e.to_string()),
         other => StoreError::Corrupt(other.to_string()),
-    }
-}
-
-/// Times the phases of one batch under the write-ahead log into its
-/// counters: the writer's busy time, split where it goes.
-struct Phases<'a> {
-    stats: Option<&'a wal::WalStats>,
-    last: std::time::Instant,
-}
-
-impl<'a> Phases<'a> {
-    fn start(stats: Option<&'a wal::WalStats>) -> Self {
-        Phases {
-            stats,
-            last: std::time::Instant::now(),
-        }
-    }
-
-    /// Adds the time since the last lap to the counter `phase` picks.
-    fn lap(&mut self, phase: impl Fn(&wal::WalStats) -> &AtomicU64) {
-        let now = std::time::Instant::now();
-        if let Some(stats) = self.stats {
-            let micros = now.duration_since(self.last).as_micros() as u64;
-            phase(stats).fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.last = now;
     }
 }
