@@ -142,6 +142,7 @@ impl Ctx {
 pub struct Meter {
     pid: Option<u32>,
     start: Option<sys::ProcSample>,
+    threads: Option<sys::ThreadSample>,
     me: sys::ProcSample,
     started: Instant,
     peak_reset: bool,
@@ -154,6 +155,7 @@ impl Meter {
         Ok(Meter {
             pid,
             start: sys::sample_opt(pid)?,
+            threads: pid.map(sys::sample_threads).transpose()?,
             me: sys::sample_self(),
             started: Instant::now(),
             peak_reset,
@@ -165,13 +167,30 @@ impl Meter {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Add server CPU seconds, RSS and peak RSS (and per-`work` CPU) to `f`.
+    /// Add server CPU seconds, RSS and peak RSS to `f`; with `work` (what
+    /// was done, how many), also CPU per unit of it, of the server, of each
+    /// group of its threads, and of the bench itself.
     pub fn finish(&self, f: &mut Figures, work: Option<(&str, u64)>) -> Result<()> {
         let me = sys::sample_self();
-        f.add("bench_cpu_s", me.cpu_secs - self.me.cpu_secs);
+        let bench_cpu = me.cpu_secs - self.me.cpu_secs;
+        f.add("bench_cpu_s", bench_cpu);
+        let us_per = |secs: f64| {
+            work.filter(|(_, n)| *n > 0)
+                .map(|(_, n)| secs * 1e6 / n as f64)
+        };
+        if let (Some(us), Some((name, _))) = (us_per(bench_cpu), work) {
+            f.add(format!("bench_cpu_us_per_{name}"), us);
+        }
         let (Some(start), Some(pid)) = (self.start, self.pid) else {
             return Ok(());
         };
+        // Threads read inside the process's readings (after them at the
+        // start, before them at the end), so their sum stays within its.
+        let threads_end = self
+            .threads
+            .as_ref()
+            .map(|_| sys::sample_threads(pid))
+            .transpose()?;
         let end = sys::sample(pid)?;
         let cpu = end.cpu_secs - start.cpu_secs;
         f.add("server_cpu_s", cpu);
@@ -179,6 +198,19 @@ impl Meter {
         if let Some((name, n)) = work {
             if cpu > 0.0 {
                 f.add(format!("{name}_per_server_cpu_s"), n as f64 / cpu);
+            }
+        }
+        if let (Some(us), Some((name, _))) = (us_per(cpu), work) {
+            f.add(format!("server_cpu_us_per_{name}"), us);
+            if let (Some(threads), Some(end)) = (&self.threads, &threads_end) {
+                // Where the server's CPU went: groups of threads that used
+                // at least 1 % of it, one row each.
+                for (group, secs) in sys::thread_cpu_between(threads, end) {
+                    if secs >= cpu / 100.0 {
+                        let per = us_per(secs).unwrap_or_default();
+                        f.add(format!("server_cpu_us_per_{name}[{group}]"), per);
+                    }
+                }
             }
         }
         f.add("server_rss_start_mib", start.rss_kib as f64 / 1024.0);
@@ -459,4 +491,41 @@ pub async fn reset_receivers(ctx: &Ctx, side: Side, receivers: &[Account]) -> Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_meter_splits_the_servers_cpu_per_unit_of_work_by_thread() {
+        // This test process stands in for the server: its own threads are
+        // read from /proc like pigeond's.
+        let pid = std::process::id();
+        let meter = Meter::start(Some(pid)).unwrap();
+        let before = sys::sample(pid).unwrap().cpu_secs;
+        // Spin until the kernel has counted 3 ticks more; bounded by 10 s.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        while sys::sample(pid).unwrap().cpu_secs < before + 0.03 && Instant::now() < deadline {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        let mut f = Figures::default();
+        meter.finish(&mut f, Some(("deliveries", 1000))).unwrap();
+        let total =
+            f.0.iter()
+                .find(|(n, _)| n == "server_cpu_us_per_deliveries");
+        let total = total.map(|(_, v)| *v).unwrap();
+        assert!(total >= 30.0, "{f:?}");
+        let threads: Vec<f64> =
+            f.0.iter()
+                .filter(|(n, _)| n.starts_with("server_cpu_us_per_deliveries["))
+                .map(|(_, v)| *v)
+                .collect();
+        assert!(!threads.is_empty(), "{f:?}");
+        assert!(threads.iter().sum::<f64>() <= total + 1e-6, "{f:?}");
+        assert!(f.0.iter().any(|(n, _)| n == "bench_cpu_us_per_deliveries"));
+    }
 }
