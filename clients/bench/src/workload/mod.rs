@@ -174,23 +174,23 @@ impl Meter {
         let me = sys::sample_self();
         let bench_cpu = me.cpu_secs - self.me.cpu_secs;
         f.add("bench_cpu_s", bench_cpu);
-        let us_per = |secs: f64| {
-            work.filter(|(_, n)| *n > 0)
-                .map(|(_, n)| secs * 1e6 / n as f64)
-        };
-        if let (Some(us), Some((name, _))) = (us_per(bench_cpu), work) {
-            f.add(format!("bench_cpu_us_per_{name}"), us);
+        // Per unit of work only when there was some.
+        let counted = work.filter(|(_, n)| *n > 0);
+        if let Some((name, n)) = counted {
+            f.add(
+                format!("bench_cpu_us_per_{name}"),
+                bench_cpu * 1e6 / n as f64,
+            );
         }
         let (Some(start), Some(pid)) = (self.start, self.pid) else {
             return Ok(());
         };
         // Threads read inside the process's readings (after them at the
         // start, before them at the end), so their sum stays within its.
-        let threads_end = self
-            .threads
-            .as_ref()
-            .map(|_| sys::sample_threads(pid))
-            .transpose()?;
+        let threads = match (&self.threads, counted) {
+            (Some(before), Some(_)) => Some((before, sys::sample_threads(pid)?)),
+            _ => None,
+        };
         let end = sys::sample(pid)?;
         let cpu = end.cpu_secs - start.cpu_secs;
         f.add("server_cpu_s", cpu);
@@ -200,17 +200,17 @@ impl Meter {
                 f.add(format!("{name}_per_server_cpu_s"), n as f64 / cpu);
             }
         }
-        if let (Some(us), Some((name, _))) = (us_per(cpu), work) {
-            f.add(format!("server_cpu_us_per_{name}"), us);
-            if let (Some(threads), Some(end)) = (&self.threads, &threads_end) {
-                // Where the server's CPU went: groups of threads that used
-                // at least 1 % of it, one row each.
-                for (group, secs) in sys::thread_cpu_between(threads, end) {
-                    if secs >= cpu / 100.0 {
-                        let per = us_per(secs).unwrap_or_default();
-                        f.add(format!("server_cpu_us_per_{name}[{group}]"), per);
-                    }
-                }
+        if let Some((name, n)) = counted {
+            let us_per = |secs: f64| secs * 1e6 / n as f64;
+            f.add(format!("server_cpu_us_per_{name}"), us_per(cpu));
+            // Where the server's CPU went: groups of threads that used at
+            // least 1 % of it, one row each.
+            for (group, secs) in threads
+                .iter()
+                .flat_map(|(before, after)| sys::thread_cpu_between(before, after))
+                .filter(|(_, secs)| *secs >= cpu / 100.0)
+            {
+                f.add(format!("server_cpu_us_per_{name}[{group}]"), us_per(secs));
             }
         }
         f.add("server_rss_start_mib", start.rss_kib as f64 / 1024.0);
