@@ -444,6 +444,7 @@ impl Client {
             device_id: "bench".into(),
             platform: Platform::Cli as i32,
             credential: Some(Credential::Password(PASSWORD.into())),
+            inline_messages: false,
         });
         match client.request(login).await? {
             Body::LoggedIn(r) => Ok((client, r.user_id)),

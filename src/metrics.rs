@@ -359,6 +359,8 @@ pub struct Metrics {
     pub login_failures: Counter,
     /// Notify frames written (after coalescing).
     pub notifies: Counter,
+    /// Queue entries carried inside Notify frames (not pulled).
+    pub inline_messages: Counter,
     /// Kick frames written.
     pub kicks: Counter,
     /// Frame bytes read (length prefix included; not TLS overhead).
@@ -383,6 +385,7 @@ impl Default for Metrics {
             logins: Counter::default(),
             login_failures: Counter::default(),
             notifies: Counter::default(),
+            inline_messages: Counter::default(),
             kicks: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
@@ -461,7 +464,10 @@ impl Metrics {
         self.bytes_out
             .add(envelope.encoded_len() as u64 + LENGTH_PREFIX);
         match &envelope.body {
-            Some(Body::Notify(_)) => self.notifies.inc(),
+            Some(Body::Notify(n)) => {
+                self.notifies.inc();
+                self.inline_messages.add(n.messages.len() as u64);
+            }
             Some(Body::Kick(_)) => self.kicks.inc(),
             Some(Body::Error(e)) => self.error(e.code),
             _ => {}
@@ -556,6 +562,12 @@ impl Metrics {
             "pigeon_notifies_total",
             "Notify frames written (after coalescing).",
             self.notifies.get(),
+        );
+        counter(
+            o,
+            "pigeon_notify_inline_messages_total",
+            "Queue entries sent inside Notify frames, so not pulled.",
+            self.inline_messages.get(),
         );
         counter(
             o,

@@ -428,6 +428,27 @@ fn check_histogram(samples: &HashMap<String, f64>, name: &str) -> f64 {
 }
 
 #[tokio::test]
+async fn entries_sent_inside_notifies_are_counted() {
+    let server = admin_server().await;
+    let admin = server.admin_client();
+    let before = scrape(&admin).await;
+    let mut carol = server.raw().await;
+    carol.register("carol").await;
+    carol.login_inline("carol", "c1", Platform::Ios).await;
+    let (mut alice, _) = server.user("alice", "a1").await;
+    alice.send_ok("carol", "m1", "inline").await;
+    match carol.next_push().await {
+        Some(Body::Notify(n)) => assert_eq!(n.messages.len(), 1),
+        other => panic!("expected a notify, got {other:?}"),
+    }
+    let after = scrape(&admin).await;
+    let key = "pigeon_notify_inline_messages_total";
+    let moved = after[key] - before.get(key).copied().unwrap_or(0.0);
+    // Alice's own notify is bare: she did not ask.
+    assert_eq!(moved, 1.0);
+}
+
+#[tokio::test]
 async fn metrics_are_scraped_and_counters_move_with_traffic() {
     let server = admin_server().await;
     let admin = server.admin_client();

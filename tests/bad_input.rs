@@ -106,7 +106,10 @@ async fn unknown_or_empty_body_gets_unknown_request_and_stays_open() {
     expect_error(answer.body.as_ref().unwrap(), ErrorCode::UnknownRequest);
     // A server-only body sent by a client.
     let body = client
-        .request(Body::Notify(pb::Notify { max_seq: 1 }))
+        .request(Body::Notify(pb::Notify {
+            max_seq: 1,
+            messages: vec![],
+        }))
         .await;
     expect_error(&body, ErrorCode::UnknownRequest);
     // Still open and logged in.
@@ -125,7 +128,10 @@ async fn requests_before_login_get_not_authenticated_and_close() {
         Body::Pull(pb::PullRequest::default()),
         Body::Ack(pb::AckRequest { seq: 1 }),
         Body::Logout(pb::LogoutRequest {}),
-        Body::Notify(pb::Notify { max_seq: 1 }),
+        Body::Notify(pb::Notify {
+            max_seq: 1,
+            messages: vec![],
+        }),
     ];
     let envelopes = requests
         .into_iter()

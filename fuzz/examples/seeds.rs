@@ -31,6 +31,7 @@ fn envelopes() -> Vec<Envelope> {
                 device_id: "phone-1".into(),
                 platform: Platform::Ios as i32,
                 credential: Some(Credential::Password("correct horse battery".into())),
+                inline_messages: false,
             }),
         ),
         Envelope::new(
@@ -41,6 +42,7 @@ fn envelopes() -> Vec<Envelope> {
                 device_id: "laptop:2".into(),
                 platform: Platform::Cli as i32,
                 credential: Some(Credential::Token("ab".repeat(32))),
+                inline_messages: true,
             }),
         ),
         Envelope::new(
@@ -91,7 +93,7 @@ fn envelopes() -> Vec<Envelope> {
                 acked_seq: 3,
             }),
         ),
-        Envelope::new(0, Body::Notify(pb::Notify { max_seq: 12 })),
+        Envelope::new(0, Body::Notify(pb::Notify { max_seq: 12, messages: vec![] })),
         Envelope::new(
             10,
             Body::Error(pb::Error::new(ErrorCode::RateLimited, "slow down")),

@@ -28,7 +28,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::answers;
-use super::handlers::{Flow, Session};
+use super::handlers::{self, Flow, Session};
 use super::limits::HandshakeSlot;
 use super::tls_stream::{self, TlsStream};
 use super::Gateway;
@@ -69,7 +69,7 @@ pub async fn run(accepted: Box<Accepted>, gateway: Arc<Gateway>, shutdown: Cance
     let closing = shutdown.child_token();
     let (_, registration) = tokio::join!(
         write_loop(
-            gateway.metrics.clone(),
+            gateway.clone(),
             framed_writer(write_half, codec),
             queue,
             signal.clone(),
@@ -214,7 +214,7 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    metrics: Arc<crate::metrics::Metrics>,
+    gateway: Arc<Gateway>,
     mut sink: Writer,
     mut queue: answers::Receiver<OutboundItem>,
     signal: Arc<SessionSignal>,
@@ -231,7 +231,7 @@ async fn write_loop(
                     tracing::debug!(reason = ?kick.reason, "kicked");
                     (vec![kick_envelope(kick.reason, kick.message)], true)
                 } else {
-                    let pushes = pending_pushes(&signal, &mut notified);
+                    let pushes = pending_pushes(&gateway, &signal, &mut notified);
                     if pushes.is_empty() {
                         continue;
                     }
@@ -262,7 +262,7 @@ async fn write_loop(
             // `woken()` is ready for it on the next turn, which flushes.
             let more = !queue.is_empty() || signal.notified_seq() > notified;
             let flush = closing_now || (i + 1 == count && !more);
-            metrics.frame_out(&envelope);
+            gateway.metrics.frame_out(&envelope);
             Box::pin(write(&mut sink, envelope, flush, write_timeout))
         }) {
             if writing.await.is_err() {
@@ -281,24 +281,31 @@ async fn write_loop(
 }
 
 /// The pushes a wake-up brought: the newest queue notify (if above the
-/// last one sent), each large group's newest timeline top, and the
-/// ephemeral events in order.
-fn pending_pushes(signal: &SessionSignal, notified: &mut u64) -> Vec<Envelope> {
+/// last one sent) with its inline entries, each large group's newest
+/// timeline top, and the ephemeral events in order.
+fn pending_pushes(gateway: &Gateway, signal: &SessionSignal, notified: &mut u64) -> Vec<Envelope> {
     let mut pushes = Vec::new();
-    let seq = signal.notified_seq();
-    if seq > *notified {
-        *notified = seq;
-        pushes.push(Envelope::new(0, Body::Notify(pb::Notify { max_seq: seq })));
+    let (notify, events) = signal.take_notify(notified);
+    if let Some((max_seq, entries)) = notify {
+        let budget = gateway.limits.max_frame_bytes as usize - NOTIFY_FRAME_RESERVE;
+        let messages = handlers::inline_messages(&gateway.messaging, entries, budget);
+        pushes.push(Envelope::new(
+            0,
+            Body::Notify(pb::Notify { max_seq, messages }),
+        ));
     }
     for (group_id, max_seq) in signal.take_group_notifies() {
         let notify = pb::GroupNotify { group_id, max_seq };
         pushes.push(Envelope::new(0, Body::GroupNotify(notify)));
     }
-    for event in signal.take_events() {
+    for event in events {
         pushes.push(Envelope::new(0, push_body(event)));
     }
     pushes
 }
+
+/// Bytes of a Notify frame kept for everything but its messages.
+const NOTIFY_FRAME_RESERVE: usize = 32;
 
 fn push_body(event: Push) -> Body {
     match event {

@@ -22,11 +22,12 @@ use crate::clock::now_ms;
 use crate::error::ServiceError;
 use prost::Message as _;
 
+use crate::service::messaging::Messaging;
 use crate::service::{
     Authenticated, Caller, Credential, Delivered, Outgoing, PulledPage, Recipient,
 };
-use crate::session::{Registration, SessionSignal};
-use crate::store::EntryKind;
+use crate::session::{InlineEntries, Registration, SessionSignal};
+use crate::store::{EntryKind, StoredMessage};
 
 /// What the read loop does after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +254,8 @@ impl Session {
             }
         };
         by_account.succeeded(&request.username);
+        // Before the session is registered, so its first notify has them.
+        self.signal.set_inline(request.inline_messages);
         match self
             .start_session(&auth, &request.device_id, platform)
             .await
@@ -516,6 +519,38 @@ fn pulled(page: PulledPage, budget: usize) -> Body {
         max_seq: page.max_seq,
         acked_seq: page.acked_seq,
     })
+}
+
+/// A Notify's inline entries as wire messages: all of them, or none if
+/// they do not fit in `budget` bytes of a frame or a name cannot be read
+/// (the device then pulls them).
+pub(super) fn inline_messages(
+    messaging: &Messaging,
+    entries: InlineEntries,
+    budget: usize,
+) -> Vec<pb::Message> {
+    let count = entries.len();
+    if count == 0 {
+        return Vec::new();
+    }
+    let stored = entries.into_iter().map(|(seq, message)| StoredMessage {
+        seq,
+        ..StoredMessage::clone(&message)
+    });
+    match messaging.named(stored.collect()) {
+        Ok(delivered) => {
+            let messages = fit_messages(delivered, budget);
+            if messages.len() == count {
+                messages
+            } else {
+                Vec::new()
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot name inline entries; the device pulls them");
+            Vec::new()
+        }
+    }
 }
 
 /// The wire messages that fit in `budget` bytes of a frame, in order (at

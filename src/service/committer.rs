@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::session::{Notifier, Push};
 use crate::store::{
-    GroupId, MsgId, Store, StoreError, UserId, WriteOp, WriteOutcome, MSG_ID_COUNTER_BITS,
+    EntryKind, GroupId, MsgId, NewMessage, Seq, Store, StoreError, StoredMessage, UserId, WriteOp,
+    WriteOutcome, MSG_ID_COUNTER_BITS,
 };
 
 /// Jobs waiting for the writer. When full, submitters wait (backpressure
@@ -388,7 +389,7 @@ impl Writer {
                     push.wake.notify_one();
                 }
                 for ((op, reply), outcome) in batch.drain().zip(outcomes) {
-                    self.notify(&op, &outcome);
+                    self.notify(op, &outcome);
                     // A submitter that went away (connection closed) still had
                     // its write applied; nothing to undo.
                     let _ = reply.send(Ok(outcome));
@@ -406,10 +407,11 @@ impl Writer {
         }
     }
 
-    /// Tell online devices what a durable op changed: queues that grew,
-    /// large groups' timelines, read receipts. A group change also drops
-    /// the cached member list of that group.
-    fn notify(&mut self, op: &WriteOp, outcome: &WriteOutcome) {
+    /// Tell online devices what a durable op changed: queues that grew
+    /// (with the message, for a chat send), large groups' timelines, read
+    /// receipts. A group change also drops the cached member list of that
+    /// group.
+    fn notify(&mut self, op: WriteOp, outcome: &WriteOutcome) {
         let (queued, timeline) = match outcome {
             WriteOutcome::Sent {
                 queued, timeline, ..
@@ -431,7 +433,7 @@ impl Writer {
             } => {
                 if let WriteOp::Read { user, .. } = op {
                     let receipt = Push::ReadReceipt {
-                        reader: *user,
+                        reader: user,
                         read_seq: *read_seq,
                     };
                     self.notifier.push(*peer, receipt);
@@ -440,8 +442,20 @@ impl Writer {
             }
             _ => return,
         };
-        for (user, seq) in queued {
-            self.notifier.notify(*user, *seq);
+        match (op, outcome) {
+            (WriteOp::Send { message, .. }, WriteOutcome::Sent { conv_seq, .. })
+                if !queued.is_empty() =>
+            {
+                let message = Arc::new(stored_chat(message, *conv_seq));
+                for (user, seq) in queued {
+                    self.notifier.notify_message(*user, *seq, &message);
+                }
+            }
+            _ => {
+                for (user, seq) in queued {
+                    self.notifier.notify(*user, *seq);
+                }
+            }
         }
         if let Some((group, seq)) = timeline {
             match self.members_of(*group) {
@@ -555,6 +569,25 @@ fn fail_stop(reason: &str) -> ! {
     );
     eprintln!("pigeond: the store failed ({reason}); exiting for a restart");
     std::process::exit(EXIT_STORE_FAILED)
+}
+
+/// A durable chat send as a pull would read it back (its `seq` is each
+/// reader's own and is set where it is delivered).
+fn stored_chat(m: NewMessage, conv_seq: Seq) -> StoredMessage {
+    StoredMessage {
+        seq: 0,
+        msg_id: m.msg_id,
+        from: m.from,
+        from_device: m.from_device,
+        to: m.to,
+        client_msg_id: m.client_msg_id,
+        content_type: m.content_type,
+        content: m.content,
+        group: m.group,
+        kind: EntryKind::Chat,
+        conv_seq,
+        recalled: false,
+    }
 }
 
 fn clone_error(e: &StoreError) -> StoreError {

@@ -347,7 +347,7 @@ impl Messaging {
     }
 
     /// Stored entries with the usernames a client shows.
-    fn named(&self, stored: Vec<StoredMessage>) -> Result<Vec<Delivered>, ServiceError> {
+    pub(crate) fn named(&self, stored: Vec<StoredMessage>) -> Result<Vec<Delivered>, ServiceError> {
         let mut messages = Vec::with_capacity(stored.len());
         for message in stored {
             let from_name = self.username(message.from)?;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use pigeon_protocol::{KickReason, Platform, PlatformClass};
 
 use crate::config::KickPolicy;
-use crate::store::{GroupId, Seq, UserId};
+use crate::store::{GroupId, Seq, StoredMessage, UserId};
 use presence::Presences;
 
 /// Tells online devices that a user's queue grew, that a large group's
@@ -22,6 +22,16 @@ use presence::Presences;
 pub trait Notifier: Send + Sync + 'static {
     /// The user's queue now reaches `max_seq`.
     fn notify(&self, user: UserId, max_seq: Seq);
+
+    /// The user's queue now reaches `seq` with `message` (a chat message,
+    /// shared by every queue it went into; its own `seq` is not the
+    /// user's). Sessions that asked for inline messages may get it inside
+    /// their Notify; the others, and by default every session, get
+    /// [`Notifier::notify`].
+    fn notify_message(&self, user: UserId, seq: Seq, message: &Arc<StoredMessage>) {
+        let _ = message;
+        self.notify(user, seq);
+    }
 
     /// A large group's timeline now reaches `max_seq`; tell the online
     /// ones among `members`.
@@ -68,9 +78,30 @@ pub enum Push {
     },
 }
 
-/// Ephemeral events a session holds for a slow reader before dropping the
-/// oldest.
+/// Ephemeral events (and inline entries) a session holds for a slow reader
+/// before dropping the oldest.
 const EVENT_QUEUE_CAP: usize = 256;
+
+/// The largest content a Notify carries inline; a bigger message is only
+/// announced, and the device pulls it.
+pub const INLINE_MAX_CONTENT: usize = 4096;
+
+/// Content bytes of inline entries one session holds at most while its
+/// writer has not sent them: a reader that falls behind costs this much,
+/// not its backlog. Entries past it are only announced.
+pub const INLINE_BUDGET: usize = 16 * 1024;
+
+/// What a session's writer has to send besides notifies: ephemeral events,
+/// and the queue entries a Notify may carry inline, in the order they
+/// came.
+#[derive(Debug)]
+enum Pending {
+    Event(Push),
+    Entry(Seq, Arc<StoredMessage>),
+}
+
+/// Queue entries for one Notify: `(seq, message)` in seq order.
+pub type InlineEntries = Vec<(Seq, Arc<StoredMessage>)>;
 
 /// What one live session shares with the registry.
 ///
@@ -83,10 +114,13 @@ pub struct SessionSignal {
     kick: Mutex<Option<Kick>>,
     /// Large groups' timeline tops not yet sent, coalesced per group.
     groups: Mutex<HashMap<GroupId, Seq>>,
-    /// Ephemeral events not yet sent, oldest first, capped.
-    events: Mutex<VecDeque<Push>>,
+    /// Ephemeral events and inline entries not yet sent, oldest first,
+    /// capped.
+    events: Mutex<VecDeque<Pending>>,
     /// The app said it is in the background: offline pushes go out too.
     background: std::sync::atomic::AtomicBool,
+    /// The login asked for new entries inside Notify.
+    inline: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
 }
 
@@ -137,15 +171,47 @@ impl SessionSignal {
         self.wake.notify_one();
     }
 
+    /// Raise the notified seq to `seq` and, if this session takes inline
+    /// entries and there is room, keep `message` for the Notify. Both
+    /// happen under the event lock, so [`SessionSignal::take_notify`] never
+    /// sees an entry above the seq it reads.
+    fn raise_entry(&self, seq: Seq, message: &Arc<StoredMessage>) {
+        let len = message.content.len();
+        if !self.inline.load(Ordering::Acquire) || len > INLINE_MAX_CONTENT {
+            return self.raise(seq);
+        }
+        let mut events = self.events.lock().expect("event lock is never poisoned");
+        let held: usize = events
+            .iter()
+            .map(|p| match p {
+                Pending::Entry(_, m) => m.content.len(),
+                Pending::Event(_) => 0,
+            })
+            .sum();
+        // Skipped when full: the gap it leaves makes the Notify go out
+        // without entries, and the device pulls.
+        if held + len <= INLINE_BUDGET && events.len() < EVENT_QUEUE_CAP {
+            events.push_back(Pending::Entry(seq, message.clone()));
+        }
+        self.notified_seq.fetch_max(seq, Ordering::AcqRel);
+        drop(events);
+        self.wake.notify_one();
+    }
+
     /// Queue an ephemeral event; the oldest goes when the queue is full.
     pub fn push(&self, event: Push) {
         let mut events = self.events.lock().expect("event lock is never poisoned");
         if events.len() >= EVENT_QUEUE_CAP {
             events.pop_front();
         }
-        events.push_back(event);
+        events.push_back(Pending::Event(event));
         drop(events);
         self.wake.notify_one();
+    }
+
+    /// Ask for (or stop) inline entries in this session's notifies.
+    pub fn set_inline(&self, inline: bool) {
+        self.inline.store(inline, Ordering::Release);
     }
 
     /// Record the app's state (AppStateRequest).
@@ -164,10 +230,39 @@ impl SessionSignal {
         groups.drain().collect()
     }
 
-    /// Take the pending ephemeral events, oldest first.
-    pub fn take_events(&self) -> Vec<Push> {
+    /// Take what is pending besides group notifies: the queue notify, if
+    /// its seq is above `notified` (which it raises), with the inline
+    /// entries that end at that seq without a gap (empty if there are
+    /// none such), and the ephemeral events, oldest first.
+    pub fn take_notify(&self, notified: &mut Seq) -> (Option<(Seq, InlineEntries)>, Vec<Push>) {
         let mut events = self.events.lock().expect("event lock is never poisoned");
-        events.drain(..).collect()
+        let seq = self.notified_seq();
+        let mut entries = InlineEntries::new();
+        let mut pushes = Vec::new();
+        for pending in events.drain(..) {
+            match pending {
+                Pending::Event(event) => pushes.push(event),
+                Pending::Entry(entry_seq, message) => {
+                    // Only a run without gaps counts: start again after one.
+                    if entries
+                        .last()
+                        .is_some_and(|(last, _)| *last + 1 != entry_seq)
+                    {
+                        entries.clear();
+                    }
+                    entries.push((entry_seq, message));
+                }
+            }
+        }
+        drop(events);
+        if seq <= *notified {
+            return (None, pushes);
+        }
+        *notified = seq;
+        if entries.last().map(|(last, _)| *last) != Some(seq) {
+            entries.clear();
+        }
+        (Some((seq, entries)), pushes)
     }
 
     /// End this session with a kick; the connection sends it and closes.
@@ -405,6 +500,13 @@ impl Notifier for SessionRegistry {
         }
     }
 
+    fn notify_message(&self, user: UserId, seq: Seq, message: &Arc<StoredMessage>) {
+        let users = self.users.lock().expect("registry lock is never poisoned");
+        for entry in users.get(&user).into_iter().flatten() {
+            entry.signal.raise_entry(seq, message);
+        }
+    }
+
     fn notify_group(&self, group: GroupId, max_seq: Seq, members: &[UserId]) {
         let users = self.users.lock().expect("registry lock is never poisoned");
         for member in members {
@@ -554,5 +656,103 @@ mod tests {
             r.notify(1, seq);
         }
         assert_eq!(s.notified_seq(), 9);
+    }
+
+    fn chat(content_len: usize) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            seq: 0,
+            msg_id: 1,
+            from: 2,
+            from_device: "d".into(),
+            to: 1,
+            client_msg_id: "c".into(),
+            content_type: "t".into(),
+            content: vec![7u8; content_len].into(),
+            group: 0,
+            kind: crate::store::EntryKind::Chat,
+            conv_seq: 1,
+            recalled: false,
+        })
+    }
+
+    fn seqs(taken: &(Option<(Seq, InlineEntries)>, Vec<Push>)) -> Option<(Seq, Vec<Seq>)> {
+        let (notify, _) = taken;
+        let (max, entries) = notify.as_ref()?;
+        Some((*max, entries.iter().map(|(seq, _)| *seq).collect()))
+    }
+
+    #[test]
+    fn inline_entries_go_only_to_sessions_that_asked_and_only_without_gaps() {
+        let r = SessionRegistry::new(KickPolicy::Device);
+        let (_, plain) = register(&r, 1, "plain", PlatformClass::Mobile);
+        let (_, inline) = register(&r, 1, "inline", PlatformClass::Desktop);
+        inline.set_inline(true);
+        let m = chat(10);
+        r.notify_message(1, 4, &m);
+        r.notify_message(1, 5, &m);
+        let mut sent = 0;
+        assert_eq!(seqs(&plain.take_notify(&mut sent)), Some((5, vec![])));
+        let mut sent = 0;
+        assert_eq!(seqs(&inline.take_notify(&mut sent)), Some((5, vec![4, 5])));
+        assert_eq!(seqs(&inline.take_notify(&mut sent)), None, "nothing new");
+
+        // An entry announced without its message (a group event) breaks
+        // the run: only what follows it is carried.
+        r.notify_message(1, 6, &m);
+        r.notify(1, 7);
+        r.notify_message(1, 8, &m);
+        assert_eq!(seqs(&inline.take_notify(&mut sent)), Some((8, vec![8])));
+        // A run that does not reach the top is not carried at all.
+        r.notify_message(1, 9, &m);
+        r.notify(1, 10);
+        assert_eq!(seqs(&inline.take_notify(&mut sent)), Some((10, vec![])));
+        // Events still come out, in order, beside the notify.
+        r.notify_message(1, 11, &m);
+        r.push(
+            1,
+            Push::ReadReceipt {
+                reader: 2,
+                read_seq: 3,
+            },
+        );
+        let taken = inline.take_notify(&mut sent);
+        assert_eq!(seqs(&taken), Some((11, vec![11])));
+        assert_eq!(
+            taken.1,
+            vec![Push::ReadReceipt {
+                reader: 2,
+                read_seq: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn a_slow_reader_holds_a_bounded_share_of_inline_content() {
+        let r = SessionRegistry::new(KickPolicy::Device);
+        let (_, s) = register(&r, 1, "phone", PlatformClass::Mobile);
+        s.set_inline(true);
+        let big = chat(INLINE_MAX_CONTENT + 1);
+        r.notify_message(1, 1, &big);
+        let mut sent = 0;
+        assert_eq!(
+            seqs(&s.take_notify(&mut sent)),
+            Some((1, vec![])),
+            "too big"
+        );
+        let m = chat(INLINE_MAX_CONTENT);
+        let fit = INLINE_BUDGET / INLINE_MAX_CONTENT;
+        for seq in 2..=(2 + fit as u64) {
+            r.notify_message(1, seq, &m);
+        }
+        // One more than fits: its entry was skipped, so the run that ends
+        // at the top is broken and nothing is carried.
+        let top = 2 + fit as u64;
+        assert_eq!(seqs(&s.take_notify(&mut sent)), Some((top, vec![])));
+        // Taken, the room is back.
+        r.notify_message(1, top + 1, &m);
+        assert_eq!(
+            seqs(&s.take_notify(&mut sent)),
+            Some((top + 1, vec![top + 1]))
+        );
     }
 }

@@ -93,7 +93,7 @@ mod tests {
         drop(gone);
         presences.changed(7, true, 100);
         assert_eq!(
-            alive.take_events(),
+            alive.take_notify(&mut 0).1,
             vec![Push::Presence {
                 user: 7,
                 online: true,

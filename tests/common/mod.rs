@@ -292,6 +292,23 @@ impl RawClient {
         }
     }
 
+    /// Log in asking for new entries inside Notify (`inline_messages`).
+    pub async fn login_inline(&mut self, name: &str, device: &str, platform: Platform) {
+        let mut body = login_body(
+            name,
+            device,
+            platform,
+            Credential::Password(PASSWORD.into()),
+        );
+        if let Body::Login(login) = &mut body {
+            login.inline_messages = true;
+        }
+        match self.request(body).await {
+            Body::LoggedIn(_) => {}
+            other => panic!("inline login {name}/{device}: {other:?}"),
+        }
+    }
+
     /// Send text to a user by name; returns the answer body.
     pub async fn send_text(&mut self, to: &str, client_msg_id: &str, text: &str) -> Body {
         self.request(send_body(to, client_msg_id, text.as_bytes().to_vec()))
@@ -335,6 +352,7 @@ pub fn login_body(name: &str, device: &str, platform: Platform, credential: Cred
         device_id: device.into(),
         platform: platform as i32,
         credential: Some(credential),
+        inline_messages: false,
     })
 }
 

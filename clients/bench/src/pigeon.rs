@@ -170,6 +170,7 @@ fn login_body(name: &str, credential: Credential) -> Body {
         device_id: DEVICE.into(),
         platform: Platform::Cli as i32,
         credential: Some(credential),
+        inline_messages: false,
     })
 }
 

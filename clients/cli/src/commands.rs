@@ -150,6 +150,8 @@ fn login_params(profile: &Profile, username: &str, credential: Credential) -> Lo
         device_id: profile.device_id.clone(),
         platform: Platform::Cli,
         credential,
+        // One-shot commands pull what they print.
+        inline_messages: false,
     }
 }
 

@@ -106,6 +106,9 @@ pub struct LoginParams {
     pub platform: Platform,
     /// Password or token.
     pub credential: Credential,
+    /// Ask for new entries inside Notify ([`pb::Notify::messages`]), so a
+    /// caught-up device needs no pull for them.
+    pub inline_messages: bool,
 }
 
 /// Who a message goes to.
@@ -313,6 +316,7 @@ impl Connection {
             device_id: params.device_id,
             platform: params.platform as i32,
             credential: Some(credential),
+            inline_messages: params.inline_messages,
         });
         let answer = expect_answer!(self.request(body).await?, LoggedIn)?;
         self.shared.start_liveness(&answer);

@@ -85,9 +85,15 @@ async fn error_answer_becomes_a_typed_server_error() {
 async fn pushes_coalesce_and_the_stream_ends_when_the_server_closes() {
     let (conn, mut peer) = pair().await;
     for max_seq in [3, 9, 5] {
-        peer.send(Envelope::new(0, Body::Notify(pb::Notify { max_seq })))
-            .await
-            .unwrap();
+        peer.send(Envelope::new(
+            0,
+            Body::Notify(pb::Notify {
+                max_seq,
+                messages: vec![],
+            }),
+        ))
+        .await
+        .unwrap();
     }
     let kick = pb::Kick {
         reason: pigeon_protocol::KickReason::SameDevice as i32,
@@ -101,7 +107,10 @@ async fn pushes_coalesce_and_the_stream_ends_when_the_server_closes() {
     conn.closed().await;
     assert_eq!(
         conn.next_event().await,
-        Some(ServerEvent::Notify(pb::Notify { max_seq: 9 }))
+        Some(ServerEvent::Notify(pb::Notify {
+            max_seq: 9,
+            messages: vec![]
+        }))
     );
     assert_eq!(conn.next_event().await, Some(ServerEvent::Kick(kick)));
     assert_eq!(conn.next_event().await, None);

@@ -278,6 +278,7 @@ impl Supervisor {
                 device_id: device_id.clone(),
                 platform: self.config.platform,
                 credential,
+                inline_messages: false,
             };
             let error = match conn.login(params).await {
                 Ok(answer) => return Ok(answer),
