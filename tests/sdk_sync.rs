@@ -222,3 +222,54 @@ async fn the_client_reconnects_after_a_server_restart() {
     let m = next_message(&mut bob).await;
     assert_eq!((m.seq, text(&m)), (2, "after".to_owned()));
 }
+
+/// One sample of the server's metrics, by its full series name.
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let answer = server
+        .admin_client()
+        .call("GET", "/metrics", None)
+        .await
+        .expect("the admin endpoint answers");
+    let text = answer.text();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .unwrap_or_else(|| panic!("no {series} in the metrics"));
+    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_caught_up_client_takes_new_messages_from_notifies_without_pulling() {
+    let server = TestServer::start(|c| c.admin.listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let mut setup = server.raw().await;
+    let alice_id = setup.register("alice").await;
+    let (mut bob, _) = server.user("bob", "b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = client(server.addr, "alice", Platform::Ios, dir.path(), true);
+    caught_up(&mut alice, 0).await;
+    let pulls = r#"pigeon_requests_total{kind="pull"}"#;
+    let pulls_before = metric(&server, pulls).await;
+    for i in 0..5 {
+        bob.send_ok("alice", &format!("m{i}"), &format!("hi {i}"))
+            .await;
+        // One at a time: each arrives while alice is caught up.
+        assert_eq!(text(&next_message(&mut alice).await), format!("hi {i}"));
+    }
+    // Delivered inline, acknowledged about a second later in one ack.
+    caught_up(&mut alice, 5).await;
+    assert_eq!(metric(&server, pulls).await, pulls_before, "no pulls");
+    assert_eq!(
+        metric(&server, "pigeon_notify_inline_messages_total").await,
+        5.0
+    );
+    let devices = server.store.devices(alice_id).unwrap();
+    assert_eq!(devices[0].acked_seq, 5);
+    // A restart of the client resumes from the committed cursor: nothing
+    // is delivered again.
+    alice.shutdown().await;
+    let mut again = client(server.addr, "alice", Platform::Ios, dir.path(), false);
+    caught_up(&mut again, 5).await;
+}

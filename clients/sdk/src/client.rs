@@ -57,11 +57,15 @@ pub struct ClientConfig {
     /// [`ClientEvent::Stopped`] or [`ClientEvent::Disconnected`]) at the
     /// first failure, which suits one-shot tools.
     pub reconnect: bool,
+    /// Ask the server for new entries inside Notify, so a caught-up inbox
+    /// takes them without a pull (acknowledged about a second later).
+    pub inline_messages: bool,
 }
 
 impl ClientConfig {
     /// Defaults: desktop platform, 100 entries per pull, 200 ms..30 s
-    /// backoff reset after 30 s of stable connection, reconnecting.
+    /// backoff reset after 30 s of stable connection, reconnecting, new
+    /// entries inline.
     pub fn new(connect: ConnectOptions, username: impl Into<String>) -> ClientConfig {
         ClientConfig {
             connect,
@@ -72,6 +76,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             stable_after: Duration::from_secs(30),
             reconnect: true,
+            inline_messages: true,
         }
     }
 }
@@ -87,6 +92,7 @@ impl fmt::Debug for ClientConfig {
             .field("backoff", &self.backoff)
             .field("stable_after", &self.stable_after)
             .field("reconnect", &self.reconnect)
+            .field("inline_messages", &self.inline_messages)
             .finish()
     }
 }
@@ -122,7 +128,8 @@ pub enum ClientEvent {
     /// [`Connection::presence`]) went online or offline.
     Presence(pb::Presence),
     /// Every waiting inbox message and large-group timeline entry was
-    /// delivered (and the inbox acknowledged).
+    /// delivered (and the inbox acknowledged): after each catch-up, and
+    /// after the delayed ack of entries taken from notifies.
     CaughtUp {
         /// The cursor now.
         cursor: u64,

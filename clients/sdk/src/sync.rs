@@ -3,6 +3,8 @@
 //! [`SyncSink`] in seq order, persist the cursor after each page (before
 //! the next pull tells the server), and ack after the last page.
 //!
+//! [`take_inline`] does the same for the entries a Notify carries inline.
+//!
 //! Delivery is at-least-once up to the sink: the cursor is committed only
 //! after the sink accepted every message of the page, and the server hears
 //! about the cursor only after the commit. Owns no connection and no timers.
@@ -102,9 +104,101 @@ pub async fn sync_to_end<S: SyncSink + Send>(
     Ok(report)
 }
 
+/// Take the entries a Notify carries inline (a login with
+/// `inline_messages`) when they continue `cursor`: deliver them and commit
+/// the new cursor, as a pull's page would be. Returns the new cursor, or
+/// `None` when they do not continue it (or there are none): then the
+/// caller pulls. Nothing is acknowledged here; the caller acks later.
+pub async fn take_inline<S: SyncSink + Send>(
+    cursor: u64,
+    notify: pb::Notify,
+    sink: &mut S,
+) -> Result<Option<u64>, SdkError> {
+    if notify.messages.first().map(|m| m.seq) != Some(cursor + 1) {
+        return Ok(None);
+    }
+    // The server sends a run without gaps; anything else is a bug there,
+    // refused before anything is delivered.
+    if let Some(pair) = notify
+        .messages
+        .windows(2)
+        .find(|p| p[1].seq != p[0].seq + 1)
+    {
+        return Err(SdkError::Protocol(format!(
+            "a notify's entries jump from seq {} to {}",
+            pair[0].seq, pair[1].seq
+        )));
+    }
+    let mut taken = cursor;
+    for message in notify.messages {
+        taken = message.seq;
+        sink.deliver(message).await?;
+    }
+    sink.commit(taken).await?;
+    Ok(Some(taken))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records what a sync delivers and commits.
+    #[derive(Default)]
+    struct Recorded {
+        delivered: Vec<u64>,
+        committed: Vec<u64>,
+    }
+
+    impl SyncSink for Recorded {
+        async fn deliver(&mut self, message: pb::Message) -> Result<(), SdkError> {
+            self.delivered.push(message.seq);
+            Ok(())
+        }
+
+        async fn commit(&mut self, cursor: u64) -> Result<(), SdkError> {
+            self.committed.push(cursor);
+            Ok(())
+        }
+    }
+
+    fn notify(max_seq: u64, seqs: &[u64]) -> pb::Notify {
+        let messages = seqs
+            .iter()
+            .map(|&seq| pb::Message {
+                seq,
+                ..Default::default()
+            })
+            .collect();
+        pb::Notify { max_seq, messages }
+    }
+
+    #[tokio::test]
+    async fn inline_entries_that_continue_the_cursor_are_delivered_and_committed() {
+        let mut sink = Recorded::default();
+        let taken = take_inline(4, notify(7, &[5, 6, 7]), &mut sink).await;
+        assert_eq!(taken.unwrap(), Some(7));
+        assert_eq!((sink.delivered, sink.committed), (vec![5, 6, 7], vec![7]));
+    }
+
+    #[tokio::test]
+    async fn inline_entries_after_a_gap_or_none_at_all_leave_it_to_a_pull() {
+        for (cursor, n) in [
+            (3, notify(7, &[5, 6, 7])),
+            (4, notify(7, &[])),
+            (8, notify(7, &[7])),
+        ] {
+            let mut sink = Recorded::default();
+            assert_eq!(take_inline(cursor, n, &mut sink).await.unwrap(), None);
+            assert!(sink.delivered.is_empty() && sink.committed.is_empty());
+        }
+        let mut sink = Recorded::default();
+        let jumped = take_inline(4, notify(8, &[5, 6, 8]), &mut sink).await;
+        assert!(matches!(jumped, Err(SdkError::Protocol(_))), "{jumped:?}");
+        assert!(
+            sink.delivered.is_empty(),
+            "nothing delivered from a broken run"
+        );
+    }
 
     fn answer(max_seq: u64, acked_seq: u64) -> pb::LoginResponse {
         pb::LoginResponse {

@@ -19,8 +19,14 @@ use crate::backoff::Backoff;
 use crate::connection::{Connection, Credential, LoginParams, ServerEvent};
 use crate::error::{SdkError, TlsFailure};
 use crate::profile::Profile;
-use crate::sync::{resume_cursor, sync_to_end};
+use crate::sync::{resume_cursor, sync_to_end, take_inline};
 use crate::timeline::{follow_large_groups, is_no_longer_readable, sync_group_to_end, SeenEvents};
+
+/// How long entries taken from notifies wait for their ack: acks of a
+/// busy inbox coalesce into about one a second, as the server's own
+/// deferred writes of pull acks do. Until then a reconnect pulls them
+/// again, and the cursor drops them as duplicates.
+const INLINE_ACK_DELAY: Duration = Duration::from_secs(1);
 
 /// How one connection's life ended.
 enum SessionEnd {
@@ -170,6 +176,8 @@ impl Supervisor {
     /// Catch up now (inbox and large groups), then again whenever a push
     /// says something is ahead of a cursor, until the connection ends.
     /// Always catches up once at login: cheap, and it reports CaughtUp.
+    /// Entries a Notify carries inline are taken without a pull and
+    /// acknowledged within [`INLINE_ACK_DELAY`].
     async fn serve(&mut self, conn: &Connection) -> SessionEnd {
         let mut work = Backlog {
             inbox: true,
@@ -177,13 +185,31 @@ impl Supervisor {
             groups: BTreeSet::new(),
         };
         let mut last_error: Option<String> = None;
+        // When the entries taken inline since the last ack are acked.
+        let mut ack_due: Option<Instant> = None;
         loop {
             if work.is_pending() {
+                // A sync acknowledges everything it ends at.
+                ack_due = ack_due.filter(|_| !work.inbox);
                 if let Err(e) = self.catch_up(conn, &mut work).await {
                     return self.failure(e);
                 }
             }
-            let Some(event) = conn.next_event().await else {
+            let next = tokio::select! {
+                event = conn.next_event() => Some(event),
+                _ = tokio::time::sleep_until(ack_due.unwrap_or_else(Instant::now)), if ack_due.is_some() => None,
+            };
+            let Some(event) = next else {
+                ack_due = None;
+                let cursor = self.cursor();
+                if let Err(e) = conn.ack(cursor).await {
+                    return self.failure(e);
+                }
+                // Delivered and now acknowledged, as after a sync.
+                self.emit(ClientEvent::CaughtUp { cursor }).await;
+                continue;
+            };
+            let Some(event) = event else {
                 let reason = last_error
                     .or_else(|| conn.close_reason())
                     .unwrap_or_else(|| "connection closed".into());
@@ -194,7 +220,23 @@ impl Supervisor {
                 };
             };
             match event {
-                ServerEvent::Notify(notify) => work.inbox |= notify.max_seq > self.cursor(),
+                ServerEvent::Notify(notify) => {
+                    let cursor = self.cursor();
+                    if notify.max_seq <= cursor {
+                        continue;
+                    }
+                    if work.inbox || notify.messages.is_empty() {
+                        work.inbox = true;
+                        continue;
+                    }
+                    match self.take_inline(cursor, notify).await {
+                        Ok(true) => {
+                            ack_due.get_or_insert_with(|| Instant::now() + INLINE_ACK_DELAY);
+                        }
+                        Ok(false) => work.inbox = true,
+                        Err(e) => return self.failure(e),
+                    }
+                }
                 ServerEvent::GroupNotify(notify) => self.group_notified(&mut work, notify),
                 ServerEvent::ReadReceipt(receipt) => {
                     self.emit(ClientEvent::ReadReceipt(receipt)).await
@@ -212,6 +254,15 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Deliver a Notify's inline entries if they continue `cursor`; false
+    /// if they do not (the inbox needs a pull).
+    async fn take_inline(&mut self, cursor: u64, notify: pb::Notify) -> Result<bool, SdkError> {
+        let mut sink = self.sink();
+        let taken = take_inline(cursor, notify, &mut sink).await;
+        self.seen_events = sink.seen_events;
+        Ok(taken?.is_some())
     }
 
     /// A large group's timeline grew: pull it if it is ahead of its cursor;
@@ -278,7 +329,7 @@ impl Supervisor {
                 device_id: device_id.clone(),
                 platform: self.config.platform,
                 credential,
-                inline_messages: false,
+                inline_messages: self.config.inline_messages,
             };
             let error = match conn.login(params).await {
                 Ok(answer) => return Ok(answer),
@@ -312,13 +363,7 @@ impl Supervisor {
     /// Do what `work` says is behind: the inbox, then the group list (all
     /// large groups), then single groups; then report CaughtUp.
     async fn catch_up(&mut self, conn: &Connection, work: &mut Backlog) -> Result<(), SdkError> {
-        let mut sink = EventSink {
-            events: self.events.clone(),
-            stop: self.shared.stop.clone(),
-            shared: self.shared.clone(),
-            saw_group_event: false,
-            seen_events: std::mem::take(&mut self.seen_events),
-        };
+        let mut sink = self.sink();
         let result = self.catch_up_with(conn, work, &mut sink).await;
         self.seen_events = sink.seen_events;
         result
@@ -373,6 +418,17 @@ impl Supervisor {
         let cursor = self.cursor();
         self.emit(ClientEvent::CaughtUp { cursor }).await;
         Ok(())
+    }
+
+    /// A sink for delivering; hand its `seen_events` back when done.
+    fn sink(&mut self) -> EventSink {
+        EventSink {
+            events: self.events.clone(),
+            stop: self.shared.stop.clone(),
+            shared: self.shared.clone(),
+            saw_group_event: false,
+            seen_events: std::mem::take(&mut self.seen_events),
+        }
     }
 
     /// Map an error to how the session ends: transient trouble retries,

@@ -269,9 +269,7 @@ impl Shared {
 /// receipt carries the highest value seen, whichever arrived last.
 fn merge(queued: &mut ServerEvent, new: &ServerEvent) -> bool {
     match (queued, new) {
-        (ServerEvent::Notify(q), ServerEvent::Notify(n)) => {
-            q.max_seq = q.max_seq.max(n.max_seq);
-        }
+        (ServerEvent::Notify(q), ServerEvent::Notify(n)) => merge_notify(q, n),
         (ServerEvent::GroupNotify(q), ServerEvent::GroupNotify(n)) if q.group_id == n.group_id => {
             q.max_seq = q.max_seq.max(n.max_seq);
         }
@@ -291,6 +289,33 @@ fn merge(queued: &mut ServerEvent, new: &ServerEvent) -> bool {
         _ => return false,
     }
     true
+}
+
+/// Content bytes of inline entries one unread Notify holds at most; past
+/// that it keeps only `max_seq` and the client pulls.
+const INLINE_HELD_MAX: usize = 64 * 1024;
+
+/// Fold notify `n` into the unread `q`. Inline entries survive only as a
+/// run without gaps that ends at the merged `max_seq`, as the server sends
+/// them, and only while they are small: otherwise the notify says only
+/// how far the queue reaches.
+fn merge_notify(q: &mut pb::Notify, n: &pb::Notify) {
+    if n.max_seq <= q.max_seq {
+        return;
+    }
+    let continues = match (q.messages.last(), n.messages.first()) {
+        (Some(last), Some(first)) => first.seq == last.seq + 1,
+        _ => false,
+    };
+    if !continues {
+        q.messages.clear();
+    }
+    q.messages.extend(n.messages.iter().cloned());
+    q.max_seq = n.max_seq;
+    let held: usize = q.messages.iter().map(|m| m.content.len()).sum();
+    if held > INLINE_HELD_MAX {
+        q.messages.clear();
+    }
 }
 
 /// The heartbeat when the server does not say.
@@ -414,4 +439,47 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notify(max_seq: u64, seqs: &[u64], size: usize) -> pb::Notify {
+        let messages = seqs
+            .iter()
+            .map(|&seq| pb::Message {
+                seq,
+                content: vec![0; size].into(),
+                ..Default::default()
+            })
+            .collect();
+        pb::Notify { max_seq, messages }
+    }
+
+    fn seqs(n: &pb::Notify) -> (u64, Vec<u64>) {
+        (n.max_seq, n.messages.iter().map(|m| m.seq).collect())
+    }
+
+    #[test]
+    fn merged_notifies_keep_inline_entries_only_as_a_run_that_ends_at_the_top() {
+        let mut q = notify(5, &[4, 5], 1);
+        merge_notify(&mut q, &notify(7, &[6, 7], 1));
+        assert_eq!(seqs(&q), (7, vec![4, 5, 6, 7]), "a continuing run grows");
+        merge_notify(&mut q, &notify(9, &[9], 1));
+        assert_eq!(seqs(&q), (9, vec![9]), "after a gap only the new run");
+        merge_notify(&mut q, &notify(10, &[], 1));
+        assert_eq!(seqs(&q), (10, vec![]), "a bare notify ends the run");
+        merge_notify(&mut q, &notify(8, &[8], 1));
+        assert_eq!(seqs(&q), (10, vec![]), "an older notify changes nothing");
+    }
+
+    #[test]
+    fn an_unread_notify_holds_a_bounded_amount_of_inline_content() {
+        let mut q = notify(1, &[1], INLINE_HELD_MAX / 2);
+        merge_notify(&mut q, &notify(2, &[2], INLINE_HELD_MAX / 2));
+        assert_eq!(seqs(&q), (2, vec![1, 2]));
+        merge_notify(&mut q, &notify(3, &[3], 1));
+        assert_eq!(seqs(&q), (3, vec![]), "past the bound: a pull instead");
+    }
 }
