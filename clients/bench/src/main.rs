@@ -69,6 +69,10 @@ struct Cli {
     /// No run goes on past this many seconds, set-up included.
     #[arg(long, global = true, default_value_t = 1800.0)]
     max_secs: f64,
+    /// pigeon receivers log in without `inline_messages` and pull every
+    /// message after its Notify (the plain push-pull path).
+    #[arg(long, global = true)]
+    pull_only: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,6 +159,7 @@ async fn run(cli: Cli) -> Result<()> {
         setup_concurrency: cli.setup_concurrency,
         connect_concurrency: cli.connect_concurrency,
         run_tag: format!("b{run_tag}"),
+        inline: !cli.pull_only,
         hard_deadline: Instant::now() + Duration::from_secs_f64(cli.max_secs),
     };
     let sides: &[Side] = match cli.target {

@@ -35,6 +35,12 @@ const DEVICE: &str = "bench";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Entries per pull (the server's maximum by default).
 const PULL_LIMIT: u32 = 1000;
+
+/// How long a receiver holds the acknowledgement of entries it took from
+/// notifies before it sends an Ack: about what the server holds a pull's
+/// (`messaging.ack_write_interval`, 1 s by default), so either way the
+/// server writes a device's cursor about once a second.
+const ACK_DELAY: Duration = Duration::from_secs(1);
 /// How often a sending connection that waits for answers sends a Ping
 /// (pigeond's default heartbeat interval).
 const SENDER_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -152,7 +158,7 @@ async fn password_account(dialer: &Dialer, server: SocketAddr, name: &str) -> Re
         Body::Error(e) if e.code == ErrorCode::UsernameTaken as i32 => {}
         other => bail!("register {name}: {other:?}"),
     }
-    let login = login_body(name, Credential::Password(PASSWORD.into()));
+    let login = login_body(name, Credential::Password(PASSWORD.into()), false);
     match request(&mut frames, 2, login).await? {
         Body::LoggedIn(r) => Ok(Account {
             name: name.to_owned(),
@@ -163,14 +169,14 @@ async fn password_account(dialer: &Dialer, server: SocketAddr, name: &str) -> Re
     }
 }
 
-fn login_body(name: &str, credential: Credential) -> Body {
+fn login_body(name: &str, credential: Credential, inline_messages: bool) -> Body {
     Body::Login(pb::LoginRequest {
         protocol_version: PROTOCOL_VERSION as i32,
         username: name.to_owned(),
         device_id: DEVICE.into(),
         platform: Platform::Cli as i32,
         credential: Some(credential),
-        inline_messages: false,
+        inline_messages,
     })
 }
 
@@ -211,16 +217,21 @@ pub struct Session {
 
 /// Connect and log in by token; a refused token (the server's data was
 /// reset) falls back to register + password login, and `renewed` gets the
-/// new account.
+/// new account. `inline` asks for new entries inside Notify (a receiver).
 pub async fn connect(
     dialer: &Dialer,
     server: SocketAddr,
     account: &Account,
     renewed: Option<&std::sync::Mutex<Vec<Account>>>,
+    inline: bool,
 ) -> Result<Session> {
     let (tls, handshake) = dialer.tls_as(server, &account.name).await?;
     let mut frames = frames(tls);
-    let body = login_body(&account.name, Credential::Token(account.token.clone()));
+    let body = login_body(
+        &account.name,
+        Credential::Token(account.token.clone()),
+        inline,
+    );
     match request(&mut frames, 1, body).await? {
         Body::LoggedIn(login) => Ok(Session {
             frames,
@@ -233,7 +244,7 @@ pub async fn connect(
             if let Some(renewed) = renewed {
                 renewed.lock().expect("not poisoned").push(fresh.clone());
             }
-            Box::pin(connect(dialer, server, &fresh, None)).await
+            Box::pin(connect(dialer, server, &fresh, None, inline)).await
         }
         other => bail!("token login {}: {other:?}", account.name),
     }
@@ -406,10 +417,13 @@ pub struct ReceiveUntil {
     pub bodies: Option<u64>,
 }
 
-/// Read a logged-in connection: pull whenever the queue is ahead of the
-/// cursor (at login and on every Notify), hand each body to `recorder`,
-/// heartbeat, and at the end acknowledge what was pulled. Returns the
-/// cursor reached.
+/// Read a logged-in connection: take the entries a Notify carries when
+/// they continue the cursor (a login with `inline`), pull whenever the
+/// queue is still ahead of the cursor (at login, after a gap, for a login
+/// without `inline` on every Notify), hand each body to `recorder`,
+/// heartbeat, acknowledge entries taken from notifies within
+/// [`ACK_DELAY`] (a pull acknowledges by its `after_seq`), and at the end
+/// acknowledge what was received. Returns the cursor reached.
 pub async fn receive(
     session: Session,
     recorder: &mut Recorder,
@@ -420,6 +434,10 @@ pub async fn receive(
     } = session;
     let mut cursor = login.acked_seq;
     let mut known_max = login.max_seq;
+    // The highest seq the server has been told of, by an Ack or a pull.
+    let mut told = login.acked_seq;
+    let mut ack_due: Option<tokio::time::Instant> = None;
+    let mut ack_in_flight = false;
     let mut next_id = 2u64;
     let mut pulling = false;
     let beat = Duration::from_millis(u64::from(login.heartbeat_interval_ms.max(1000)));
@@ -436,7 +454,14 @@ pub async fn receive(
             frames.send(Envelope::new(next_id, pull)).await?;
             next_id += 1;
             pulling = true;
+            told = told.max(cursor);
         }
+        if cursor <= told {
+            ack_due = None;
+        } else if ack_due.is_none() {
+            ack_due = Some(tokio::time::Instant::now() + ACK_DELAY);
+        }
+        let ack_at = ack_due.filter(|_| !ack_in_flight);
         let frame = tokio::select! {
             _ = until.stop.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => break,
@@ -446,11 +471,30 @@ pub async fn receive(
                 next_id += 1;
                 continue;
             }
+            _ = tokio::time::sleep_until(ack_at.unwrap_or(deadline)), if ack_at.is_some() => {
+                let ack = Body::Ack(pb::AckRequest { seq: cursor });
+                frames.send(Envelope::new(next_id, ack)).await?;
+                next_id += 1;
+                ack_in_flight = true;
+                told = cursor;
+                continue;
+            }
             frame = frames.next() => frame,
         };
         let frame = frame.ok_or_else(|| anyhow!("the server closed a receiving connection"))??;
         match frame.body {
-            Some(Body::Notify(n)) => known_max = known_max.max(n.max_seq),
+            Some(Body::Notify(n)) => {
+                known_max = known_max.max(n.max_seq);
+                // Entries that continue the cursor are as good as pulled;
+                // during a pull its answer brings them.
+                let continues = n.messages.first().is_some_and(|m| m.seq == cursor + 1);
+                if !pulling && continues {
+                    for message in &n.messages {
+                        recorder.on_body(&message.content);
+                        cursor = cursor.max(message.seq);
+                    }
+                }
+            }
             Some(Body::Pulled(page)) => {
                 pulling = false;
                 for message in &page.messages {
@@ -463,6 +507,7 @@ pub async fn receive(
                     cursor = cursor.max(page.max_seq);
                 }
             }
+            Some(Body::Acked(_)) => ack_in_flight = false,
             Some(Body::Pong(_)) => {}
             Some(Body::Kick(k)) => bail!("kicked: {}", k.message),
             Some(Body::Error(e)) => bail!("error on a receiving connection: {}", e.message),

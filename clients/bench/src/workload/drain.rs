@@ -86,10 +86,12 @@ async fn run(ctx: &Ctx, side: Side, args: &DrainArgs) -> Result<Figures> {
             };
             let recorder = Recorder::counting(true, queued_from, &delivered);
             let (dialer, addr, account) = (ctx.dialer.clone(), ctx.addr(side), account.clone());
+            let inline = ctx.inline;
             let permits = permits.clone();
             tokio::spawn(async move {
                 let permit = permits.acquire_owned().await?;
-                let receiver = AnyReceiver::connect(&dialer, side, addr, &account, i).await?;
+                let receiver =
+                    AnyReceiver::connect(&dialer, side, addr, &account, i, inline).await?;
                 let connected = Instant::now();
                 drop(permit);
                 let record = receiver.run(recorder, until).await?;

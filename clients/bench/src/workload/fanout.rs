@@ -21,7 +21,7 @@ use pigeon_protocol::{Body, Envelope};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{AnyReceiver, Ctx, Meter, Side};
+use super::{AnyReceiver, Ctx, Meter, Role, Side};
 use crate::payload::{Percentiles, Recorder};
 use crate::pigeon::{self, ReceiveUntil, Session};
 use crate::report::{Figures, Outcome};
@@ -66,8 +66,8 @@ async fn setup(
         Side::Pigeon => {
             let members = ctx.accounts("bfm", args.members, f).await?;
             let sender = ctx.accounts("bfs", 1, f).await?;
-            let receivers = ctx.pigeon_sessions(&members).await?;
-            let mut owner = ctx.pigeon_sessions(&sender).await?.remove(0);
+            let receivers = ctx.pigeon_sessions(&members, Role::Receiver).await?;
+            let mut owner = ctx.pigeon_sessions(&sender, Role::Sender).await?.remove(0);
             // A login on a wiped data dir re-registers: take the ids now.
             let members = ctx.accounts("bfm", args.members, f).await?;
             let create = Body::GroupCreate(pb::GroupCreateRequest {

@@ -17,7 +17,9 @@ use serde_json::json;
 use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 
-use super::{join_receivers, open_receivers, open_senders, reset_receivers, Ctx, Meter, Side};
+use super::{
+    join_receivers, open_receivers, open_senders, reset_receivers, Ctx, Meter, Role, Side,
+};
 use crate::payload::{self, Percentiles, Recorder};
 use crate::pigeon::{ReceiveUntil, Session};
 use crate::report::{Figures, Outcome};
@@ -181,7 +183,7 @@ pub async fn hotsender(ctx: &Ctx, args: &HotArgs) -> Result<Outcome> {
     let hot_to = ctx.accounts("bhr", args.hot, &mut f).await?;
     let receiving = open_receivers(ctx, side, &receivers, false).await?;
     let mut senders = open_senders(ctx, side, &senders, &receivers, 1024).await?;
-    let hot_sessions = ctx.pigeon_sessions(&hot).await?;
+    let hot_sessions = ctx.pigeon_sessions(&hot, Role::Sender).await?;
 
     let measured = Duration::from_secs_f64(args.secs);
     let start = Instant::now() + Duration::from_millis(200);

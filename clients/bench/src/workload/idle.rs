@@ -55,9 +55,9 @@ async fn run(ctx: &Ctx, side: Side, args: &IdleArgs) -> Result<Figures> {
             tokio::spawn(async move {
                 let permit = permits.acquire_owned().await?;
                 let conn = match side {
-                    Side::Pigeon => {
-                        AnyReceiver::Pigeon(pigeon::connect(&dialer, addr, &account, None).await?)
-                    }
+                    Side::Pigeon => AnyReceiver::Pigeon(
+                        pigeon::connect(&dialer, addr, &account, None, false).await?,
+                    ),
                     Side::Mosquitto => {
                         // A clean session: nothing is left on the broker after.
                         let id = format!("pb-i{i}");

@@ -27,6 +27,16 @@ use crate::pigeon::{self, Account, Accounts, ReceiveUntil, Session};
 use crate::report::Figures;
 use crate::{mqtt, sys};
 
+/// What a pigeon session is for: a sender ignores its own queue's
+/// notifies, so it does not ask for their entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sends, reads only answers.
+    Sender,
+    /// Receives.
+    Receiver,
+}
+
 /// Which server a run talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -68,6 +78,8 @@ pub struct Ctx {
     pub run_tag: String,
     /// No workload phase runs past this.
     pub hard_deadline: Instant,
+    /// pigeon receivers ask for new entries inside Notify.
+    pub inline: bool,
 }
 
 impl Ctx {
@@ -115,13 +127,15 @@ impl Ctx {
         Ok(accounts)
     }
 
-    /// Token logins for `accounts`, `connect_concurrency` at once, in order.
-    pub async fn pigeon_sessions(&self, accounts: &[Account]) -> Result<Vec<Session>> {
+    /// Token logins for `accounts`, `connect_concurrency` at once, in order;
+    /// receivers ask for inline entries unless the run is `--pull-only`.
+    pub async fn pigeon_sessions(&self, accounts: &[Account], role: Role) -> Result<Vec<Session>> {
         let renewed = Mutex::new(Vec::new());
+        let inline = role == Role::Receiver && self.inline;
         let sessions: Vec<Result<Session>> = futures_util::stream::iter(
             accounts
                 .iter()
-                .map(|a| pigeon::connect(&self.dialer, self.pigeon, a, Some(&renewed))),
+                .map(|a| pigeon::connect(&self.dialer, self.pigeon, a, Some(&renewed), inline)),
         )
         .buffered(self.connect_concurrency.max(1))
         .collect()
@@ -305,7 +319,7 @@ pub async fn open_senders(
 ) -> Result<Vec<AnySender>> {
     match side {
         Side::Pigeon => {
-            let sessions = ctx.pigeon_sessions(senders).await?;
+            let sessions = ctx.pigeon_sessions(senders, Role::Sender).await?;
             Ok(sessions
                 .into_iter()
                 .zip(receivers)
@@ -350,18 +364,20 @@ pub enum AnyReceiver {
 }
 
 impl AnyReceiver {
-    /// Connect receiver `i` (pigeon: token login as `account`; MQTT: resume
-    /// the persistent session `pb-r{i}`).
+    /// Connect receiver `i` (pigeon: token login as `account`, asking for
+    /// inline entries if `inline`; MQTT: resume the persistent session
+    /// `pb-r{i}`).
     pub async fn connect(
         dialer: &Dialer,
         side: Side,
         addr: SocketAddr,
         account: &Account,
         i: usize,
+        inline: bool,
     ) -> Result<AnyReceiver> {
         match side {
             Side::Pigeon => Ok(AnyReceiver::Pigeon(
-                pigeon::connect(dialer, addr, account, None).await?,
+                pigeon::connect(dialer, addr, account, None, inline).await?,
             )),
             Side::Mosquitto => {
                 let (conn, _, _) = mqtt::connect(dialer, addr, format!("pb-r{i}"), false).await?;
@@ -397,7 +413,7 @@ pub async fn open_receivers(
 ) -> Result<Vec<AnyReceiver>> {
     match side {
         Side::Pigeon => Ok(ctx
-            .pigeon_sessions(receivers)
+            .pigeon_sessions(receivers, Role::Receiver)
             .await?
             .into_iter()
             .map(AnyReceiver::Pigeon)
@@ -458,7 +474,7 @@ pub fn counter() -> Arc<AtomicU64> {
 pub async fn reset_receivers(ctx: &Ctx, side: Side, receivers: &[Account]) -> Result<()> {
     match side {
         Side::Pigeon => {
-            let sessions = ctx.pigeon_sessions(receivers).await?;
+            let sessions = ctx.pigeon_sessions(receivers, Role::Receiver).await?;
             let deadline = ctx.deadline(Duration::from_secs(120));
             let tasks: Vec<_> = sessions
                 .into_iter()

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, Meter, Side};
+use super::{Ctx, Meter, Role, Side};
 use crate::net::{Dialer, Handshake};
 use crate::payload::{self, Percentiles, Recorder};
 use crate::pigeon::{self, Account, ReceiveUntil};
@@ -69,7 +69,7 @@ async fn open(
             Ok((Some(Box::new(tls)), handshake))
         }
         Kind::Pigeon => {
-            let session = pigeon::connect(dialer, addr, account, None).await?;
+            let session = pigeon::connect(dialer, addr, account, None, false).await?;
             let handshake = session.handshake;
             let backlog = session
                 .login
@@ -231,7 +231,7 @@ async fn queue_backlog(ctx: &Ctx, clients: &[Account], per_client: u64) -> Resul
     let senders = ctx
         .accounts("bps", clients.len().min(1000), &mut setup)
         .await?;
-    let sessions = ctx.pigeon_sessions(&senders).await?;
+    let sessions = ctx.pigeon_sessions(&senders, Role::Sender).await?;
     let n = sessions.len();
     let deadline = ctx.deadline(Duration::from_secs(300));
     let runs: Vec<_> = sessions
