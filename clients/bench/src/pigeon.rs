@@ -485,13 +485,15 @@ pub async fn receive(
         match frame.body {
             Some(Body::Notify(n)) => {
                 known_max = known_max.max(n.max_seq);
-                // Entries that continue the cursor are as good as pulled;
-                // during a pull its answer brings them.
-                let continues = n.messages.first().is_some_and(|m| m.seq == cursor + 1);
-                if !pulling && continues {
-                    for message in &n.messages {
+                // Entries that reach the cursor are as good as pulled (the
+                // first few may be ones a pull returned); during a pull its
+                // answer brings them.
+                let reaches = n.messages.first().is_some_and(|m| m.seq <= cursor + 1);
+                if !pulling && reaches {
+                    let from = cursor;
+                    for message in n.messages.iter().filter(|m| m.seq > from) {
                         recorder.on_body(&message.content);
-                        cursor = cursor.max(message.seq);
+                        cursor = message.seq;
                     }
                 }
             }

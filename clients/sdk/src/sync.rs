@@ -105,16 +105,21 @@ pub async fn sync_to_end<S: SyncSink + Send>(
 }
 
 /// Take the entries a Notify carries inline (a login with
-/// `inline_messages`) when they continue `cursor`: deliver them and commit
-/// the new cursor, as a pull's page would be. Returns the new cursor, or
-/// `None` when they do not continue it (or there are none): then the
-/// caller pulls. Nothing is acknowledged here; the caller acks later.
+/// `inline_messages`) when they continue `cursor`: deliver those above it
+/// (a pull may already have returned the first few) and commit the new
+/// cursor, as a pull's page would be. Returns the new cursor, or `None`
+/// when they start above `cursor + 1` or end at or below `cursor` (or
+/// there are none): then the caller pulls if the queue is ahead. Nothing
+/// is acknowledged here; the caller acks later.
 pub async fn take_inline<S: SyncSink + Send>(
     cursor: u64,
     notify: pb::Notify,
     sink: &mut S,
 ) -> Result<Option<u64>, SdkError> {
-    if notify.messages.first().map(|m| m.seq) != Some(cursor + 1) {
+    let (Some(first), Some(last)) = (notify.messages.first(), notify.messages.last()) else {
+        return Ok(None);
+    };
+    if first.seq > cursor + 1 || last.seq <= cursor {
         return Ok(None);
     }
     // The server sends a run without gaps; anything else is a bug there,
@@ -130,7 +135,7 @@ pub async fn take_inline<S: SyncSink + Send>(
         )));
     }
     let mut taken = cursor;
-    for message in notify.messages {
+    for message in notify.messages.into_iter().filter(|m| m.seq > cursor) {
         taken = message.seq;
         sink.deliver(message).await?;
     }
@@ -178,6 +183,14 @@ mod tests {
         let taken = take_inline(4, notify(7, &[5, 6, 7]), &mut sink).await;
         assert_eq!(taken.unwrap(), Some(7));
         assert_eq!((sink.delivered, sink.committed), (vec![5, 6, 7], vec![7]));
+    }
+
+    #[tokio::test]
+    async fn inline_entries_a_pull_already_returned_are_skipped() {
+        let mut sink = Recorded::default();
+        let taken = take_inline(5, notify(7, &[4, 5, 6, 7]), &mut sink).await;
+        assert_eq!(taken.unwrap(), Some(7));
+        assert_eq!((sink.delivered, sink.committed), (vec![6, 7], vec![7]));
     }
 
     #[tokio::test]
