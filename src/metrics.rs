@@ -359,7 +359,8 @@ pub struct Metrics {
     pub login_failures: Counter,
     /// Notify frames written (after coalescing).
     pub notifies: Counter,
-    /// Queue entries carried inside Notify frames (not pulled).
+    /// Queue and timeline entries carried inside Notify and GroupNotify
+    /// frames (not pulled).
     pub inline_messages: Counter,
     /// Kick frames written.
     pub kicks: Counter,
@@ -468,6 +469,7 @@ impl Metrics {
                 self.notifies.inc();
                 self.inline_messages.add(n.messages.len() as u64);
             }
+            Some(Body::GroupNotify(n)) => self.inline_messages.add(n.messages.len() as u64),
             Some(Body::Kick(_)) => self.kicks.inc(),
             Some(Body::Error(e)) => self.error(e.code),
             _ => {}
@@ -566,7 +568,7 @@ impl Metrics {
         counter(
             o,
             "pigeon_notify_inline_messages_total",
-            "Queue entries sent inside Notify frames, so not pulled.",
+            "Queue and timeline entries sent inside Notify and GroupNotify frames, so not pulled.",
             self.inline_messages.get(),
         );
         counter(

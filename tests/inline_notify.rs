@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::social::{create_group, group_send};
+use common::social::{add_body, create_group, group_of, group_pull_all, group_send};
 use common::*;
 use pigeon_protocol::pb::{self, login_request::Credential};
 use pigeon_protocol::{Body, ErrorCode, Platform};
@@ -125,6 +125,49 @@ async fn group_events_and_big_contents_are_announced_and_pulled() {
     assert_eq!((announced.max_seq, announced.messages.len()), (3, 0));
     let page = alice.pull(2, 10).await;
     assert_eq!(page.messages[0].content.as_ref(), &big[..]);
+}
+
+/// The next GroupNotify of `group` that reaches `top` (earlier ones, and
+/// other pushes, are skipped).
+async fn group_notify_at(client: &mut RawClient, group: u64, top: u64) -> pb::GroupNotify {
+    loop {
+        match client.next_push().await {
+            Some(Body::GroupNotify(n)) if n.group_id == group && n.max_seq >= top => return n,
+            Some(_) => {}
+            None => panic!("closed before a group notify at {top}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_large_groups_notify_carries_its_timeline_entry_as_a_group_pull_returns_it() {
+    let server = TestServer::start(|c| c.messaging.large_group_threshold = 2).await;
+    let (mut alice, alice_id) = inline_user(&server, "alice", "phone").await;
+    let (mut carol, carol_login) = server.user("carol", "c1").await;
+    let (mut bob, _) = server.user("bob", "b1").await;
+    let group = create_group(&mut bob, "team", &[alice_id, carol_login.user_id]).await;
+    assert!(group.large);
+    let g = group.group_id;
+
+    let sent = group_send(&mut bob, g, "g1", "to the whole team").await;
+    let inline = group_notify_at(&mut alice, g, sent.conv_seq).await;
+    assert_eq!(inline.max_seq, sent.conv_seq);
+    assert_eq!(inline.messages.len(), 1, "{inline:?}");
+    let pulled = group_pull_all(&mut alice, g, sent.conv_seq - 1).await;
+    assert_eq!(
+        inline.messages, pulled,
+        "inline = group-pulled, field by field"
+    );
+    assert_eq!(inline.messages[0].content.as_ref(), b"to the whole team");
+    // A member that did not ask is only told the top.
+    let plain = group_notify_at(&mut carol, g, sent.conv_seq).await;
+    assert!(plain.messages.is_empty(), "{plain:?}");
+
+    // A membership event in the timeline is announced only.
+    let dave = server.user("dave", "d1").await.1.user_id;
+    group_of(bob.request(add_body(g, &[dave])).await, "add");
+    let event = group_notify_at(&mut alice, g, sent.conv_seq + 1).await;
+    assert!(event.messages.is_empty(), "{event:?}");
 }
 
 #[tokio::test]

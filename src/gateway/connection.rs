@@ -281,30 +281,37 @@ async fn write_loop(
 }
 
 /// The pushes a wake-up brought: the newest queue notify (if above the
-/// last one sent) with its inline entries, each large group's newest
-/// timeline top, and the ephemeral events in order.
+/// last one sent) and each large group's newest timeline top, with their
+/// inline entries, and the ephemeral events in order.
 fn pending_pushes(gateway: &Gateway, signal: &SessionSignal, notified: &mut u64) -> Vec<Envelope> {
     let mut pushes = Vec::new();
-    let (notify, events) = signal.take_notify(notified);
-    if let Some((max_seq, entries)) = notify {
-        let budget = gateway.limits.max_frame_bytes as usize - NOTIFY_FRAME_RESERVE;
-        let messages = handlers::inline_messages(&gateway.messaging, entries, budget);
+    let taken = signal.take(notified);
+    let budget = gateway.limits.max_frame_bytes as usize - NOTIFY_FRAME_RESERVE;
+    let inline = |entries| handlers::inline_messages(&gateway.messaging, entries, budget);
+    if let Some((max_seq, entries)) = taken.notify {
+        let messages = inline(entries);
         pushes.push(Envelope::new(
             0,
             Body::Notify(pb::Notify { max_seq, messages }),
         ));
     }
-    for (group_id, max_seq) in signal.take_group_notifies() {
-        let notify = pb::GroupNotify { group_id, max_seq };
+    for (group_id, max_seq, entries) in taken.groups {
+        let messages = inline(entries);
+        let notify = pb::GroupNotify {
+            group_id,
+            max_seq,
+            messages,
+        };
         pushes.push(Envelope::new(0, Body::GroupNotify(notify)));
     }
-    for event in events {
+    for event in taken.events {
         pushes.push(Envelope::new(0, push_body(event)));
     }
     pushes
 }
 
-/// Bytes of a Notify frame kept for everything but its messages.
+/// Bytes of a Notify or GroupNotify frame kept for everything but its
+/// messages.
 const NOTIFY_FRAME_RESERVE: usize = 32;
 
 fn push_body(event: Push) -> Body {

@@ -407,8 +407,8 @@ impl Writer {
         }
     }
 
-    /// Tell online devices what a durable op changed: queues that grew
-    /// (with the message, for a chat send), large groups' timelines, read
+    /// Tell online devices what a durable op changed: queues that grew and
+    /// large groups' timelines (with the message, for a chat send), read
     /// receipts. A group change also drops the cached member list of that
     /// group.
     fn notify(&mut self, op: WriteOp, outcome: &WriteOutcome) {
@@ -442,24 +442,29 @@ impl Writer {
             }
             _ => return,
         };
-        match (op, outcome) {
+        // A chat send's message goes along, for sessions that take it inline.
+        let message = match (op, outcome) {
             (WriteOp::Send { message, .. }, WriteOutcome::Sent { conv_seq, .. })
-                if !queued.is_empty() =>
+                if !queued.is_empty() || timeline.is_some() =>
             {
-                let message = Arc::new(stored_chat(message, *conv_seq));
-                for (user, seq) in queued {
-                    self.notifier.notify_message(*user, *seq, &message);
-                }
+                Some(Arc::new(stored_chat(message, *conv_seq)))
             }
-            _ => {
-                for (user, seq) in queued {
-                    self.notifier.notify(*user, *seq);
-                }
+            _ => None,
+        };
+        for (user, seq) in queued {
+            match &message {
+                Some(message) => self.notifier.notify_message(*user, *seq, message),
+                None => self.notifier.notify(*user, *seq),
             }
         }
         if let Some((group, seq)) = timeline {
             match self.members_of(*group) {
-                Ok(members) => self.notifier.notify_group(*group, *seq, &members),
+                Ok(members) => match &message {
+                    Some(message) => self
+                        .notifier
+                        .notify_group_message(*group, *seq, &members, message),
+                    None => self.notifier.notify_group(*group, *seq, &members),
+                },
                 Err(e) => tracing::warn!(error = %e, group, "cannot notify a large group"),
             }
         }

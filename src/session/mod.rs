@@ -33,6 +33,19 @@ pub trait Notifier: Send + Sync + 'static {
         self.notify(user, seq);
     }
 
+    /// A large group's timeline now reaches `seq` with `message` (a chat
+    /// message); like [`Notifier::notify_message`] for its GroupNotify.
+    fn notify_group_message(
+        &self,
+        group: GroupId,
+        seq: Seq,
+        members: &[UserId],
+        message: &Arc<StoredMessage>,
+    ) {
+        let _ = message;
+        self.notify_group(group, seq, members);
+    }
+
     /// A large group's timeline now reaches `max_seq`; tell the online
     /// ones among `members`.
     fn notify_group(&self, group: GroupId, max_seq: Seq, members: &[UserId]);
@@ -98,10 +111,51 @@ pub const INLINE_BUDGET: usize = 16 * 1024;
 enum Pending {
     Event(Push),
     Entry(Seq, Arc<StoredMessage>),
+    GroupEntry(GroupId, Seq, Arc<StoredMessage>),
 }
 
-/// Queue entries for one Notify: `(seq, message)` in seq order.
+impl Pending {
+    fn inline_bytes(&self) -> usize {
+        match self {
+            Pending::Entry(_, m) | Pending::GroupEntry(_, _, m) => m.content.len(),
+            Pending::Event(_) => 0,
+        }
+    }
+}
+
+/// Entries for one Notify or GroupNotify: `(seq, message)` in seq order.
 pub type InlineEntries = Vec<(Seq, Arc<StoredMessage>)>;
+
+/// What a session's writer takes at a wake-up (see
+/// [`SessionSignal::take`]).
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// The queue's new top, above the last one sent, with its inline
+    /// entries (empty if none end at it without a gap).
+    pub notify: Option<(Seq, InlineEntries)>,
+    /// Each large group's new timeline top, with its inline entries.
+    pub groups: Vec<(GroupId, Seq, InlineEntries)>,
+    /// Ephemeral events, oldest first.
+    pub events: Vec<Push>,
+}
+
+/// Adds `entry` to `run`, which keeps only a run without gaps: after a
+/// gap it starts again.
+fn extend_run(run: &mut InlineEntries, entry: (Seq, Arc<StoredMessage>)) {
+    if run.last().is_some_and(|(last, _)| *last + 1 != entry.0) {
+        run.clear();
+    }
+    run.push(entry);
+}
+
+/// `run` if it ends at `top`, else nothing: a Notify's entries must reach
+/// its max_seq.
+fn ending_at(mut run: InlineEntries, top: Seq) -> InlineEntries {
+    if run.last().map(|(last, _)| *last) != Some(top) {
+        run.clear();
+    }
+    run
+}
 
 /// What one live session shares with the registry.
 ///
@@ -164,38 +218,55 @@ impl SessionSignal {
     }
 
     fn raise_group(&self, group: GroupId, max_seq: Seq) {
-        let mut groups = self.groups.lock().expect("group lock is never poisoned");
-        let top = groups.entry(group).or_default();
-        *top = (*top).max(max_seq);
-        drop(groups);
+        self.raise_group_top(group, max_seq);
         self.wake.notify_one();
     }
 
+    fn raise_group_top(&self, group: GroupId, max_seq: Seq) {
+        let mut groups = self.groups.lock().expect("group lock is never poisoned");
+        let top = groups.entry(group).or_default();
+        *top = (*top).max(max_seq);
+    }
+
     /// Raise the notified seq to `seq` and, if this session takes inline
-    /// entries and there is room, keep `message` for the Notify. Both
-    /// happen under the event lock, so [`SessionSignal::take_notify`] never
-    /// sees an entry above the seq it reads.
+    /// entries and there is room, keep `message` for the Notify (see
+    /// [`SessionSignal::keep_inline`]).
     fn raise_entry(&self, seq: Seq, message: &Arc<StoredMessage>) {
-        let len = message.content.len();
+        if !self.keep_inline(Pending::Entry(seq, message.clone()), || {
+            self.notified_seq.fetch_max(seq, Ordering::AcqRel);
+        }) {
+            self.raise(seq);
+        }
+    }
+
+    /// [`SessionSignal::raise_entry`] for a large group's timeline.
+    fn raise_group_entry(&self, group: GroupId, seq: Seq, message: &Arc<StoredMessage>) {
+        let entry = Pending::GroupEntry(group, seq, message.clone());
+        if !self.keep_inline(entry, || self.raise_group_top(group, seq)) {
+            self.raise_group(group, seq);
+        }
+    }
+
+    /// If this session takes inline entries and `entry` is small enough,
+    /// keep it when there is room (skipped when full: the gap it leaves
+    /// makes its notify go out without entries, and the device pulls),
+    /// then `raise`, both under the event lock, so [`SessionSignal::take`]
+    /// never sees an entry above the top it reads; wake the writer. False
+    /// if this session does not take it at all.
+    fn keep_inline(&self, entry: Pending, raise: impl FnOnce()) -> bool {
+        let len = entry.inline_bytes();
         if !self.inline.load(Ordering::Acquire) || len > INLINE_MAX_CONTENT {
-            return self.raise(seq);
+            return false;
         }
         let mut events = self.events.lock().expect("event lock is never poisoned");
-        let held: usize = events
-            .iter()
-            .map(|p| match p {
-                Pending::Entry(_, m) => m.content.len(),
-                Pending::Event(_) => 0,
-            })
-            .sum();
-        // Skipped when full: the gap it leaves makes the Notify go out
-        // without entries, and the device pulls.
+        let held: usize = events.iter().map(Pending::inline_bytes).sum();
         if held + len <= INLINE_BUDGET && events.len() < EVENT_QUEUE_CAP {
-            events.push_back(Pending::Entry(seq, message.clone()));
+            events.push_back(entry);
         }
-        self.notified_seq.fetch_max(seq, Ordering::AcqRel);
+        raise();
         drop(events);
         self.wake.notify_one();
+        true
     }
 
     /// Queue an ephemeral event; the oldest goes when the queue is full.
@@ -224,45 +295,45 @@ impl SessionSignal {
         self.background.load(Ordering::Acquire)
     }
 
-    /// Take the pending group notifies (group, max_seq).
-    pub fn take_group_notifies(&self) -> Vec<(GroupId, Seq)> {
-        let mut groups = self.groups.lock().expect("group lock is never poisoned");
-        groups.drain().collect()
-    }
-
-    /// Take what is pending besides group notifies: the queue notify, if
-    /// its seq is above `notified` (which it raises), with the inline
-    /// entries that end at that seq without a gap (empty if there are
-    /// none such), and the ephemeral events, oldest first.
-    pub fn take_notify(&self, notified: &mut Seq) -> (Option<(Seq, InlineEntries)>, Vec<Push>) {
+    /// Take everything pending but a kick: the queue notify, if its seq is
+    /// above `notified` (which it raises), each large group's new top, the
+    /// inline entries that end at each without a gap, and the ephemeral
+    /// events. Reads the tops under the event lock (the order raises take
+    /// it in), so no entry taken is above the top it goes with.
+    pub fn take(&self, notified: &mut Seq) -> Taken {
         let mut events = self.events.lock().expect("event lock is never poisoned");
         let seq = self.notified_seq();
-        let mut entries = InlineEntries::new();
-        let mut pushes = Vec::new();
+        let tops: Vec<(GroupId, Seq)> = self
+            .groups
+            .lock()
+            .expect("group lock is never poisoned")
+            .drain()
+            .collect();
+        let mut taken = Taken::default();
+        let mut queue_run = InlineEntries::new();
+        let mut group_runs: HashMap<GroupId, InlineEntries> = HashMap::new();
         for pending in events.drain(..) {
             match pending {
-                Pending::Event(event) => pushes.push(event),
-                Pending::Entry(entry_seq, message) => {
-                    // Only a run without gaps counts: start again after one.
-                    if entries
-                        .last()
-                        .is_some_and(|(last, _)| *last + 1 != entry_seq)
-                    {
-                        entries.clear();
-                    }
-                    entries.push((entry_seq, message));
+                Pending::Event(event) => taken.events.push(event),
+                Pending::Entry(seq, m) => extend_run(&mut queue_run, (seq, m)),
+                Pending::GroupEntry(group, seq, m) => {
+                    extend_run(group_runs.entry(group).or_default(), (seq, m))
                 }
             }
         }
         drop(events);
-        if seq <= *notified {
-            return (None, pushes);
+        if seq > *notified {
+            *notified = seq;
+            taken.notify = Some((seq, ending_at(queue_run, seq)));
         }
-        *notified = seq;
-        if entries.last().map(|(last, _)| *last) != Some(seq) {
-            entries.clear();
-        }
-        (Some((seq, entries)), pushes)
+        taken.groups = tops
+            .into_iter()
+            .map(|(group, top)| {
+                let run = group_runs.remove(&group).unwrap_or_default();
+                (group, top, ending_at(run, top))
+            })
+            .collect();
+        taken
     }
 
     /// End this session with a kick; the connection sends it and closes.
@@ -507,6 +578,21 @@ impl Notifier for SessionRegistry {
         }
     }
 
+    fn notify_group_message(
+        &self,
+        group: GroupId,
+        seq: Seq,
+        members: &[UserId],
+        message: &Arc<StoredMessage>,
+    ) {
+        let users = self.users.lock().expect("registry lock is never poisoned");
+        for member in members {
+            for entry in users.get(member).into_iter().flatten() {
+                entry.signal.raise_group_entry(group, seq, message);
+            }
+        }
+    }
+
     fn notify_group(&self, group: GroupId, max_seq: Seq, members: &[UserId]) {
         let users = self.users.lock().expect("registry lock is never poisoned");
         for member in members {
@@ -675,9 +761,8 @@ mod tests {
         })
     }
 
-    fn seqs(taken: &(Option<(Seq, InlineEntries)>, Vec<Push>)) -> Option<(Seq, Vec<Seq>)> {
-        let (notify, _) = taken;
-        let (max, entries) = notify.as_ref()?;
+    fn seqs(taken: &Taken) -> Option<(Seq, Vec<Seq>)> {
+        let (max, entries) = taken.notify.as_ref()?;
         Some((*max, entries.iter().map(|(seq, _)| *seq).collect()))
     }
 
@@ -691,21 +776,21 @@ mod tests {
         r.notify_message(1, 4, &m);
         r.notify_message(1, 5, &m);
         let mut sent = 0;
-        assert_eq!(seqs(&plain.take_notify(&mut sent)), Some((5, vec![])));
+        assert_eq!(seqs(&plain.take(&mut sent)), Some((5, vec![])));
         let mut sent = 0;
-        assert_eq!(seqs(&inline.take_notify(&mut sent)), Some((5, vec![4, 5])));
-        assert_eq!(seqs(&inline.take_notify(&mut sent)), None, "nothing new");
+        assert_eq!(seqs(&inline.take(&mut sent)), Some((5, vec![4, 5])));
+        assert_eq!(seqs(&inline.take(&mut sent)), None, "nothing new");
 
         // An entry announced without its message (a group event) breaks
         // the run: only what follows it is carried.
         r.notify_message(1, 6, &m);
         r.notify(1, 7);
         r.notify_message(1, 8, &m);
-        assert_eq!(seqs(&inline.take_notify(&mut sent)), Some((8, vec![8])));
+        assert_eq!(seqs(&inline.take(&mut sent)), Some((8, vec![8])));
         // A run that does not reach the top is not carried at all.
         r.notify_message(1, 9, &m);
         r.notify(1, 10);
-        assert_eq!(seqs(&inline.take_notify(&mut sent)), Some((10, vec![])));
+        assert_eq!(seqs(&inline.take(&mut sent)), Some((10, vec![])));
         // Events still come out, in order, beside the notify.
         r.notify_message(1, 11, &m);
         r.push(
@@ -715,15 +800,58 @@ mod tests {
                 read_seq: 3,
             },
         );
-        let taken = inline.take_notify(&mut sent);
+        let taken = inline.take(&mut sent);
         assert_eq!(seqs(&taken), Some((11, vec![11])));
         assert_eq!(
-            taken.1,
+            taken.events,
             vec![Push::ReadReceipt {
                 reader: 2,
                 read_seq: 3
             }]
         );
+    }
+
+    fn group_seqs(taken: &Taken) -> Vec<(GroupId, Seq, Vec<Seq>)> {
+        let mut groups: Vec<_> = taken
+            .groups
+            .iter()
+            .map(|(g, top, entries)| (*g, *top, entries.iter().map(|(s, _)| *s).collect()))
+            .collect();
+        groups.sort();
+        groups
+    }
+
+    #[test]
+    fn large_group_entries_are_kept_per_group_beside_the_queue_ones() {
+        let r = SessionRegistry::new(KickPolicy::Device);
+        let (_, plain) = register(&r, 1, "plain", PlatformClass::Mobile);
+        let (_, s) = register(&r, 1, "inline", PlatformClass::Desktop);
+        s.set_inline(true);
+        let m = chat(10);
+        r.notify_group_message(7, 3, &[1, 2], &m);
+        r.notify_message(1, 1, &m);
+        r.notify_group_message(8, 1, &[1], &m);
+        r.notify_group_message(7, 4, &[1, 2], &m);
+        let mut sent = 0;
+        let taken = s.take(&mut sent);
+        assert_eq!(seqs(&taken), Some((1, vec![1])));
+        assert_eq!(
+            group_seqs(&taken),
+            vec![(7, 4, vec![3, 4]), (8, 1, vec![1])]
+        );
+        let mut sent = 0;
+        let bare = plain.take(&mut sent);
+        assert_eq!(group_seqs(&bare), vec![(7, 4, vec![]), (8, 1, vec![])]);
+
+        // An event in the timeline (announced bare) breaks the group's run.
+        r.notify_group_message(7, 5, &[1], &m);
+        r.notify_group(7, 6, &[1]);
+        assert_eq!(group_seqs(&s.take(&mut sent)), vec![(7, 6, vec![])]);
+        r.notify_group_message(7, 7, &[1], &m);
+        assert_eq!(group_seqs(&s.take(&mut sent)), vec![(7, 7, vec![7])]);
+        // Not a member named: nothing.
+        r.notify_group_message(9, 1, &[2], &m);
+        assert!(s.take(&mut sent).groups.is_empty());
     }
 
     #[test]
@@ -734,11 +862,7 @@ mod tests {
         let big = chat(INLINE_MAX_CONTENT + 1);
         r.notify_message(1, 1, &big);
         let mut sent = 0;
-        assert_eq!(
-            seqs(&s.take_notify(&mut sent)),
-            Some((1, vec![])),
-            "too big"
-        );
+        assert_eq!(seqs(&s.take(&mut sent)), Some((1, vec![])), "too big");
         let m = chat(INLINE_MAX_CONTENT);
         let fit = INLINE_BUDGET / INLINE_MAX_CONTENT;
         for seq in 2..=(2 + fit as u64) {
@@ -747,12 +871,9 @@ mod tests {
         // One more than fits: its entry was skipped, so the run that ends
         // at the top is broken and nothing is carried.
         let top = 2 + fit as u64;
-        assert_eq!(seqs(&s.take_notify(&mut sent)), Some((top, vec![])));
+        assert_eq!(seqs(&s.take(&mut sent)), Some((top, vec![])));
         // Taken, the room is back.
         r.notify_message(1, top + 1, &m);
-        assert_eq!(
-            seqs(&s.take_notify(&mut sent)),
-            Some((top + 1, vec![top + 1]))
-        );
+        assert_eq!(seqs(&s.take(&mut sent)), Some((top + 1, vec![top + 1])));
     }
 }

@@ -93,7 +93,7 @@ mod tests {
         drop(gone);
         presences.changed(7, true, 100);
         assert_eq!(
-            alive.take_notify(&mut 0).1,
+            alive.take(&mut 0).events,
             vec![Push::Presence {
                 user: 7,
                 online: true,

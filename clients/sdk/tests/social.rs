@@ -125,18 +125,22 @@ async fn new_pushes_coalesce_per_group_peer_and_user() {
         Body::GroupNotify(pb::GroupNotify {
             group_id: 1,
             max_seq: 5,
+            messages: vec![],
         }),
         Body::GroupNotify(pb::GroupNotify {
             group_id: 2,
             max_seq: 3,
+            messages: vec![],
         }),
         Body::GroupNotify(pb::GroupNotify {
             group_id: 1,
             max_seq: 9,
+            messages: vec![],
         }),
         Body::GroupNotify(pb::GroupNotify {
             group_id: 1,
             max_seq: 7,
+            messages: vec![],
         }),
         Body::ReadReceipt(pb::ReadReceipt {
             peer_user_id: 4,
@@ -188,11 +192,13 @@ async fn new_pushes_coalesce_per_group_peer_and_user() {
         [
             ServerEvent::GroupNotify(pb::GroupNotify {
                 group_id: 1,
-                max_seq: 9
+                max_seq: 9,
+                messages: vec![],
             }),
             ServerEvent::GroupNotify(pb::GroupNotify {
                 group_id: 2,
-                max_seq: 3
+                max_seq: 3,
+                messages: vec![],
             }),
             ServerEvent::ReadReceipt(pb::ReadReceipt {
                 peer_user_id: 4,
@@ -282,6 +288,7 @@ async fn large_group_server(
             let notify = pb::GroupNotify {
                 group_id: 5,
                 max_seq: 14,
+                messages: vec![],
             };
             peer.send(Envelope::new(0, Body::GroupNotify(notify)))
                 .await
