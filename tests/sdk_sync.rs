@@ -273,3 +273,79 @@ async fn a_caught_up_client_takes_new_messages_from_notifies_without_pulling() {
     let mut again = client(server.addr, "alice", Platform::Ios, dir.path(), false);
     caught_up(&mut again, 5).await;
 }
+
+/// Wait for the next CaughtUp, whatever comes before it.
+async fn next_caught_up(client: &mut Client) -> u64 {
+    loop {
+        match tokio::time::timeout(WAIT, client.next_event())
+            .await
+            .expect("an event in time")
+        {
+            Some(ClientEvent::CaughtUp { cursor }) => return cursor,
+            Some(ClientEvent::Stopped { error }) => panic!("client stopped: {error}"),
+            None => panic!("client ended"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_large_groups_new_messages_arrive_inline_and_one_pull_acknowledges_them() {
+    let server = TestServer::start(|c| {
+        c.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.messaging.large_group_threshold = 2;
+    })
+    .await;
+    let mut setup = server.raw().await;
+    let alice_id = setup.register("alice").await;
+    let (mut bob, _) = server.user("bob", "b1").await;
+    let (_carol, carol) = server.user("carol", "c1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = client(server.addr, "alice", Platform::Ios, dir.path(), true);
+    caught_up(&mut alice, 0).await;
+    let group = common::social::create_group(&mut bob, "team", &[alice_id, carol.user_id]).await;
+    assert!(group.large);
+    // The first GroupNotify has no cursor to continue: the group list and
+    // a pull start following the timeline.
+    next_caught_up(&mut alice).await;
+    let pulls = r#"pigeon_requests_total{kind="group_pull"}"#;
+    let inline = "pigeon_notify_inline_messages_total";
+    let (pulls_before, inline_before) =
+        (metric(&server, pulls).await, metric(&server, inline).await);
+
+    let mut last = 0;
+    for i in 0..3 {
+        let text_i = format!("team {i}");
+        last = common::social::group_send(&mut bob, group.group_id, &format!("g{i}"), &text_i)
+            .await
+            .conv_seq;
+        loop {
+            match tokio::time::timeout(WAIT, alice.next_event())
+                .await
+                .unwrap()
+            {
+                Some(ClientEvent::GroupMessage(m)) => {
+                    assert_eq!((m.seq, text(&m)), (last, text_i));
+                    break;
+                }
+                Some(ClientEvent::Stopped { error }) => panic!("client stopped: {error}"),
+                None => panic!("client ended"),
+                _ => {}
+            }
+        }
+    }
+    // About a second later one GroupPull records how far alice read.
+    next_caught_up(&mut alice).await;
+    assert_eq!(metric(&server, inline).await - inline_before, 3.0);
+    let group_pulls = metric(&server, pulls).await - pulls_before;
+    assert!(
+        (1.0..3.0).contains(&group_pulls),
+        "{group_pulls} pulls for 3 messages"
+    );
+    let member = server
+        .store
+        .member(group.group_id, alice_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(member.acked_seq, last);
+}

@@ -116,31 +116,39 @@ pub async fn take_inline<S: SyncSink + Send>(
     notify: pb::Notify,
     sink: &mut S,
 ) -> Result<Option<u64>, SdkError> {
-    let (Some(first), Some(last)) = (notify.messages.first(), notify.messages.last()) else {
+    let Some(start) = inline_start(cursor, &notify.messages)? else {
         return Ok(None);
     };
-    if first.seq > cursor + 1 || last.seq <= cursor {
-        return Ok(None);
-    }
-    // The server sends a run without gaps; anything else is a bug there,
-    // refused before anything is delivered.
-    if let Some(pair) = notify
-        .messages
-        .windows(2)
-        .find(|p| p[1].seq != p[0].seq + 1)
-    {
-        return Err(SdkError::Protocol(format!(
-            "a notify's entries jump from seq {} to {}",
-            pair[0].seq, pair[1].seq
-        )));
-    }
     let mut taken = cursor;
-    for message in notify.messages.into_iter().filter(|m| m.seq > cursor) {
+    for message in notify.messages.into_iter().skip(start) {
         taken = message.seq;
         sink.deliver(message).await?;
     }
     sink.commit(taken).await?;
     Ok(Some(taken))
+}
+
+/// Where a notify's inline run becomes new for `cursor`: the index of its
+/// entry at `cursor + 1`, or `None` if the run does not reach it (starts
+/// above it, ends at or below the cursor, or is empty). A run with a gap
+/// is a server bug, refused before anything is delivered.
+pub(crate) fn inline_start(
+    cursor: u64,
+    messages: &[pb::Message],
+) -> Result<Option<usize>, SdkError> {
+    let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+        return Ok(None);
+    };
+    if first.seq > cursor + 1 || last.seq <= cursor {
+        return Ok(None);
+    }
+    if let Some(pair) = messages.windows(2).find(|p| p[1].seq != p[0].seq + 1) {
+        return Err(SdkError::Protocol(format!(
+            "a notify's entries jump from seq {} to {}",
+            pair[0].seq, pair[1].seq
+        )));
+    }
+    Ok(Some((cursor + 1 - first.seq) as usize))
 }
 
 #[cfg(test)]

@@ -122,6 +122,28 @@ pub async fn sync_group_to_end<S: TimelineSink + Send>(
     Ok(report)
 }
 
+/// Take the timeline entries a GroupNotify carries inline when they
+/// continue the group's `cursor` (see [`crate::sync::take_inline`]):
+/// deliver those above it, commit the new cursor, return it; `None` when
+/// they do not reach it, and the caller pulls the timeline. The next
+/// GroupPull's `after_seq` tells the server how far the member read.
+pub async fn take_group_inline<S: TimelineSink + Send>(
+    cursor: u64,
+    notify: pb::GroupNotify,
+    sink: &mut S,
+) -> Result<Option<u64>, SdkError> {
+    let Some(start) = crate::sync::inline_start(cursor, &notify.messages)? else {
+        return Ok(None);
+    };
+    let mut taken = cursor;
+    for message in notify.messages.into_iter().skip(start) {
+        taken = message.seq;
+        sink.deliver(notify.group_id, message).await?;
+    }
+    sink.commit(notify.group_id, taken).await?;
+    Ok(Some(taken))
+}
+
 /// What [`follow_large_groups`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FollowReport {

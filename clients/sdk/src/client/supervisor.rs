@@ -20,13 +20,60 @@ use crate::connection::{Connection, Credential, LoginParams, ServerEvent};
 use crate::error::{SdkError, TlsFailure};
 use crate::profile::Profile;
 use crate::sync::{resume_cursor, sync_to_end, take_inline};
-use crate::timeline::{follow_large_groups, is_no_longer_readable, sync_group_to_end, SeenEvents};
+use crate::timeline::{
+    follow_large_groups, is_no_longer_readable, sync_group_to_end, take_group_inline, SeenEvents,
+};
 
 /// How long entries taken from notifies wait for their ack: acks of a
 /// busy inbox coalesce into about one a second, as the server's own
 /// deferred writes of pull acks do. Until then a reconnect pulls them
 /// again, and the cursor drops them as duplicates.
 const INLINE_ACK_DELAY: Duration = Duration::from_secs(1);
+
+/// Entries taken from notifies and not acknowledged yet: the inbox's go
+/// with an Ack, a large group's with its next GroupPull (whose after_seq
+/// records the member's timeline cursor), all at `due`.
+#[derive(Default)]
+struct DelayedAcks {
+    due: Option<Instant>,
+    inbox: bool,
+    groups: BTreeSet<u64>,
+}
+
+impl DelayedAcks {
+    fn inbox(&mut self) {
+        self.inbox = true;
+        self.arm();
+    }
+
+    fn group(&mut self, group_id: u64) {
+        self.groups.insert(group_id);
+        self.arm();
+    }
+
+    fn arm(&mut self) {
+        self.due
+            .get_or_insert_with(|| Instant::now() + INLINE_ACK_DELAY);
+    }
+
+    /// A catch-up of `work` is about to acknowledge what it syncs.
+    fn synced(&mut self, work: &Backlog) {
+        self.inbox &= !work.inbox;
+        self.groups.retain(|g| !work.groups.contains(g));
+        if !self.inbox && self.groups.is_empty() {
+            self.due = None;
+        }
+    }
+
+    /// What is due: (the inbox, the groups).
+    fn take(&mut self) -> (bool, BTreeSet<u64>) {
+        self.due = None;
+        (
+            std::mem::take(&mut self.inbox),
+            std::mem::take(&mut self.groups),
+        )
+    }
+}
 
 /// How one connection's life ended.
 enum SessionEnd {
@@ -185,28 +232,32 @@ impl Supervisor {
             groups: BTreeSet::new(),
         };
         let mut last_error: Option<String> = None;
-        // When the entries taken inline since the last ack are acked.
-        let mut ack_due: Option<Instant> = None;
+        let mut acks = DelayedAcks::default();
         loop {
             if work.is_pending() {
-                // A sync acknowledges everything it ends at.
-                ack_due = ack_due.filter(|_| !work.inbox);
+                acks.synced(&work);
                 if let Err(e) = self.catch_up(conn, &mut work).await {
                     return self.failure(e);
                 }
             }
             let next = tokio::select! {
                 event = conn.next_event() => Some(event),
-                _ = tokio::time::sleep_until(ack_due.unwrap_or_else(Instant::now)), if ack_due.is_some() => None,
+                _ = tokio::time::sleep_until(acks.due.unwrap_or_else(Instant::now)), if acks.due.is_some() => None,
             };
             let Some(event) = next else {
-                ack_due = None;
-                let cursor = self.cursor();
-                if let Err(e) = conn.ack(cursor).await {
-                    return self.failure(e);
+                let (inbox, groups) = acks.take();
+                // A group's next pull tells the server how far it was read.
+                work.groups.extend(groups);
+                if inbox {
+                    let cursor = self.cursor();
+                    if let Err(e) = conn.ack(cursor).await {
+                        return self.failure(e);
+                    }
+                    if !work.is_pending() {
+                        // Delivered and now acknowledged, as after a sync.
+                        self.emit(ClientEvent::CaughtUp { cursor }).await;
+                    }
                 }
-                // Delivered and now acknowledged, as after a sync.
-                self.emit(ClientEvent::CaughtUp { cursor }).await;
                 continue;
             };
             let Some(event) = event else {
@@ -230,14 +281,19 @@ impl Supervisor {
                         continue;
                     }
                     match self.take_inline(cursor, notify).await {
-                        Ok(true) => {
-                            ack_due.get_or_insert_with(|| Instant::now() + INLINE_ACK_DELAY);
-                        }
+                        Ok(true) => acks.inbox(),
                         Ok(false) => work.inbox = true,
                         Err(e) => return self.failure(e),
                     }
                 }
-                ServerEvent::GroupNotify(notify) => self.group_notified(&mut work, notify),
+                ServerEvent::GroupNotify(notify) => {
+                    let group_id = notify.group_id;
+                    match self.group_notified(&mut work, notify).await {
+                        Ok(true) => acks.group(group_id),
+                        Ok(false) => {}
+                        Err(e) => return self.failure(e),
+                    }
+                }
                 ServerEvent::ReadReceipt(receipt) => {
                     self.emit(ClientEvent::ReadReceipt(receipt)).await
                 }
@@ -265,22 +321,34 @@ impl Supervisor {
         Ok(taken?.is_some())
     }
 
-    /// A large group's timeline grew: pull it if it is ahead of its cursor;
-    /// a group without a cursor yet needs the group list (for where its
-    /// timeline starts for this user).
-    fn group_notified(&self, work: &mut Backlog, notify: pb::GroupNotify) {
-        let cursor = self
-            .lock_profile()
-            .group_cursors
-            .get(&notify.group_id)
-            .copied();
+    /// A large group's timeline grew: take the entries the notify carries
+    /// if they continue its cursor (true), else pull it if it is ahead of
+    /// its cursor; a group without a cursor yet needs the group list (for
+    /// where its timeline starts for this user).
+    async fn group_notified(
+        &mut self,
+        work: &mut Backlog,
+        notify: pb::GroupNotify,
+    ) -> Result<bool, SdkError> {
+        let group_id = notify.group_id;
+        let cursor = self.lock_profile().group_cursors.get(&group_id).copied();
         match cursor {
             Some(cursor) if notify.max_seq > cursor => {
-                work.groups.insert(notify.group_id);
+                let behind = work.group_list || work.groups.contains(&group_id);
+                if !behind && !notify.messages.is_empty() {
+                    let mut sink = self.sink();
+                    let taken = take_group_inline(cursor, notify, &mut sink).await;
+                    self.seen_events = sink.seen_events;
+                    if taken?.is_some() {
+                        return Ok(true);
+                    }
+                }
+                work.groups.insert(group_id);
             }
             Some(_) => {}
             None => work.group_list = true,
         }
+        Ok(false)
     }
 
     async fn kicked(&mut self, kick: pb::Kick) -> SessionEnd {

@@ -269,9 +269,11 @@ impl Shared {
 /// receipt carries the highest value seen, whichever arrived last.
 fn merge(queued: &mut ServerEvent, new: &ServerEvent) -> bool {
     match (queued, new) {
-        (ServerEvent::Notify(q), ServerEvent::Notify(n)) => merge_notify(q, n),
+        (ServerEvent::Notify(q), ServerEvent::Notify(n)) => {
+            merge_run((&mut q.max_seq, &mut q.messages), (n.max_seq, &n.messages))
+        }
         (ServerEvent::GroupNotify(q), ServerEvent::GroupNotify(n)) if q.group_id == n.group_id => {
-            q.max_seq = q.max_seq.max(n.max_seq);
+            merge_run((&mut q.max_seq, &mut q.messages), (n.max_seq, &n.messages))
         }
         (ServerEvent::ReadReceipt(q), ServerEvent::ReadReceipt(n))
             if q.peer_user_id == n.peer_user_id =>
@@ -295,26 +297,28 @@ fn merge(queued: &mut ServerEvent, new: &ServerEvent) -> bool {
 /// that it keeps only `max_seq` and the client pulls.
 const INLINE_HELD_MAX: usize = 64 * 1024;
 
-/// Fold notify `n` into the unread `q`. Inline entries survive only as a
-/// run without gaps that ends at the merged `max_seq`, as the server sends
-/// them, and only while they are small: otherwise the notify says only
-/// how far the queue reaches.
-fn merge_notify(q: &mut pb::Notify, n: &pb::Notify) {
-    if n.max_seq <= q.max_seq {
+/// Fold a newer notify (`n`: its max_seq and inline entries) into an
+/// unread one (`q`), a Notify or one group's GroupNotify. Inline entries
+/// survive only as a run without gaps that ends at the merged max_seq, as
+/// the server sends them, and only while they are small: otherwise the
+/// notify says only how far the queue or timeline reaches.
+fn merge_run(q: (&mut u64, &mut Vec<pb::Message>), n: (u64, &[pb::Message])) {
+    let ((q_max, q_messages), (n_max, n_messages)) = (q, n);
+    if n_max <= *q_max {
         return;
     }
-    let continues = match (q.messages.last(), n.messages.first()) {
+    let continues = match (q_messages.last(), n_messages.first()) {
         (Some(last), Some(first)) => first.seq == last.seq + 1,
         _ => false,
     };
     if !continues {
-        q.messages.clear();
+        q_messages.clear();
     }
-    q.messages.extend(n.messages.iter().cloned());
-    q.max_seq = n.max_seq;
-    let held: usize = q.messages.iter().map(|m| m.content.len()).sum();
+    q_messages.extend(n_messages.iter().cloned());
+    *q_max = n_max;
+    let held: usize = q_messages.iter().map(|m| m.content.len()).sum();
     if held > INLINE_HELD_MAX {
-        q.messages.clear();
+        q_messages.clear();
     }
 }
 
@@ -461,6 +465,10 @@ mod tests {
         (n.max_seq, n.messages.iter().map(|m| m.seq).collect())
     }
 
+    fn merge_notify(q: &mut pb::Notify, n: &pb::Notify) {
+        merge_run((&mut q.max_seq, &mut q.messages), (n.max_seq, &n.messages));
+    }
+
     #[test]
     fn merged_notifies_keep_inline_entries_only_as_a_run_that_ends_at_the_top() {
         let mut q = notify(5, &[4, 5], 1);
@@ -472,6 +480,28 @@ mod tests {
         assert_eq!(seqs(&q), (10, vec![]), "a bare notify ends the run");
         merge_notify(&mut q, &notify(8, &[8], 1));
         assert_eq!(seqs(&q), (10, vec![]), "an older notify changes nothing");
+    }
+
+    #[test]
+    fn group_notifies_merge_their_runs_per_group() {
+        let group = |id: u64, n: pb::Notify| {
+            ServerEvent::GroupNotify(pb::GroupNotify {
+                group_id: id,
+                max_seq: n.max_seq,
+                messages: n.messages,
+            })
+        };
+        let mut q = group(1, notify(4, &[3, 4], 1));
+        assert!(merge(&mut q, &group(1, notify(5, &[5], 1))));
+        assert!(
+            !merge(&mut q, &group(2, notify(9, &[9], 1))),
+            "another group"
+        );
+        let ServerEvent::GroupNotify(q) = q else {
+            unreachable!()
+        };
+        let seqs: Vec<u64> = q.messages.iter().map(|m| m.seq).collect();
+        assert_eq!((q.max_seq, seqs), (5, vec![3, 4, 5]));
     }
 
     #[test]
