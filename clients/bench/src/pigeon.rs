@@ -40,7 +40,7 @@ const PULL_LIMIT: u32 = 1000;
 /// notifies before it sends an Ack: about what the server holds a pull's
 /// (`messaging.ack_write_interval`, 1 s by default), so either way the
 /// server writes a device's cursor about once a second.
-const ACK_DELAY: Duration = Duration::from_secs(1);
+pub const ACK_DELAY: Duration = Duration::from_secs(1);
 /// How often a sending connection that waits for answers sends a Ping
 /// (pigeond's default heartbeat interval).
 const SENDER_HEARTBEAT: Duration = Duration::from_secs(30);

@@ -141,7 +141,10 @@ impl Receiver {
 
 /// Receive the group's chat messages until `until`: inbox pulls on Notify
 /// (a small group fans out into queues), timeline pulls on GroupNotify (a
-/// large group). One request in flight at a time, as a phone would.
+/// large group), unless the notify carries the entries inline and they
+/// continue the cursor; those are acknowledged within `ACK_DELAY` (an Ack
+/// for the inbox, a GroupPull for the timeline). One request in flight at
+/// a time, as a phone would.
 async fn receive_group(
     session: Session,
     group: u64,
@@ -153,6 +156,9 @@ async fn receive_group(
     } = session;
     let (mut inbox_cursor, mut inbox_max) = (login.acked_seq, login.max_seq);
     let (mut timeline_cursor, mut timeline_max) = (0u64, 0u64);
+    // What the server was told: pulls' after_seq and acks.
+    let (mut inbox_told, mut timeline_told) = (inbox_cursor, 0u64);
+    let mut ack_due: Option<tokio::time::Instant> = None;
     let mut next_id = 2u64;
     let mut waiting = false;
     let deadline = tokio::time::Instant::from_std(until.deadline);
@@ -162,8 +168,20 @@ async fn receive_group(
     let mine = |m: &pb::Message| m.group_id == group && m.kind == pb::MessageKind::Chat as i32;
     // Bounded by the deadline, the stop token and the stream's end.
     while !done(recorder) {
+        let acking = !waiting && ack_due.is_some_and(|due| due <= tokio::time::Instant::now());
+        if acking {
+            ack_due = None;
+        }
         if !waiting {
-            let request = if inbox_max > inbox_cursor {
+            let request = if acking && inbox_cursor > inbox_told {
+                Some(Body::Ack(pb::AckRequest { seq: inbox_cursor }))
+            } else if acking && timeline_cursor > timeline_told {
+                Some(Body::GroupPull(pb::GroupPullRequest {
+                    group_id: group,
+                    after_seq: timeline_cursor,
+                    limit: 1000,
+                }))
+            } else if inbox_max > inbox_cursor {
                 Some(Body::Pull(pb::PullRequest {
                     after_seq: inbox_cursor,
                     limit: 1000,
@@ -178,11 +196,22 @@ async fn receive_group(
                 None
             };
             if let Some(body) = request {
+                match &body {
+                    Body::Pull(p) => inbox_told = inbox_told.max(p.after_seq),
+                    Body::Ack(a) => inbox_told = inbox_told.max(a.seq),
+                    Body::GroupPull(p) => timeline_told = timeline_told.max(p.after_seq),
+                    _ => {}
+                }
                 frames.send(Envelope::new(next_id, body)).await?;
                 next_id += 1;
                 waiting = true;
             }
         }
+        let untold = inbox_cursor > inbox_told || timeline_cursor > timeline_told;
+        if untold && ack_due.is_none() {
+            ack_due = Some(tokio::time::Instant::now() + pigeon::ACK_DELAY);
+        }
+        let ack_at = ack_due.filter(|_| !waiting);
         let frame = tokio::select! {
             _ = until.stop.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => break,
@@ -192,14 +221,25 @@ async fn receive_group(
                 next_id += 1;
                 continue;
             }
+            _ = tokio::time::sleep_until(ack_at.unwrap_or(deadline)), if ack_at.is_some() => continue,
             frame = frames.next() => frame,
         };
         let frame = frame.ok_or_else(|| anyhow!("the server closed a receiving connection"))??;
         match frame.body {
-            Some(Body::Notify(n)) => inbox_max = inbox_max.max(n.max_seq),
-            Some(Body::GroupNotify(n)) if n.group_id == group => {
-                timeline_max = timeline_max.max(n.max_seq)
+            Some(Body::Notify(n)) => {
+                inbox_max = inbox_max.max(n.max_seq);
+                if !waiting {
+                    inbox_cursor = take_inline(inbox_cursor, &n.messages, &mine, recorder);
+                }
             }
+            Some(Body::GroupNotify(n)) if n.group_id == group => {
+                timeline_max = timeline_max.max(n.max_seq);
+                // A cursor of 0 has not read the timeline's start yet.
+                if !waiting && timeline_cursor > 0 {
+                    timeline_cursor = take_inline(timeline_cursor, &n.messages, &mine, recorder);
+                }
+            }
+            Some(Body::Acked(_)) => waiting = false,
             Some(Body::GroupNotify(_)) | Some(Body::Pong(_)) => {}
             Some(Body::Pulled(page)) => {
                 waiting = false;
@@ -229,6 +269,28 @@ async fn receive_group(
         }
     }
     Ok(())
+}
+
+/// The cursor after taking a notify's inline `messages` (recording the
+/// group's chat messages among them) if they reach `cursor`; `cursor` as
+/// it was if they do not (the receiver pulls).
+fn take_inline(
+    cursor: u64,
+    messages: &[pb::Message],
+    mine: &impl Fn(&pb::Message) -> bool,
+    recorder: &mut Recorder,
+) -> u64 {
+    if messages.first().is_none_or(|m| m.seq > cursor + 1) {
+        return cursor;
+    }
+    let mut taken = cursor;
+    for message in messages.iter().filter(|m| m.seq > cursor) {
+        if mine(message) {
+            recorder.on_body(&message.content);
+        }
+        taken = message.seq;
+    }
+    taken
 }
 
 async fn run(ctx: &Ctx, side: Side, args: &FanoutArgs) -> Result<Figures> {
