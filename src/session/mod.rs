@@ -105,8 +105,8 @@ pub const INLINE_MAX_CONTENT: usize = 4096;
 pub const INLINE_BUDGET: usize = 16 * 1024;
 
 /// What a session's writer has to send besides notifies: ephemeral events,
-/// and the queue entries a Notify may carry inline, in the order they
-/// came.
+/// and the entries a Notify or GroupNotify may carry inline, in the order
+/// they came.
 #[derive(Debug)]
 enum Pending {
     Event(Push),

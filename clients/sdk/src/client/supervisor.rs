@@ -24,10 +24,11 @@ use crate::timeline::{
     follow_large_groups, is_no_longer_readable, sync_group_to_end, take_group_inline, SeenEvents,
 };
 
-/// How long entries taken from notifies wait for their ack: acks of a
-/// busy inbox coalesce into about one a second, as the server's own
-/// deferred writes of pull acks do. Until then a reconnect pulls them
-/// again, and the cursor drops them as duplicates.
+/// How long entries taken from notifies wait for their ack: the acks of a
+/// busy inbox (or the GroupPulls of a busy large group) coalesce into
+/// about one a second, as the server's own deferred writes of pull acks
+/// do. Until then a reconnect pulls them again, and the cursor drops them
+/// as duplicates.
 const INLINE_ACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Entries taken from notifies and not acknowledged yet: the inbox's go
@@ -223,8 +224,8 @@ impl Supervisor {
     /// Catch up now (inbox and large groups), then again whenever a push
     /// says something is ahead of a cursor, until the connection ends.
     /// Always catches up once at login: cheap, and it reports CaughtUp.
-    /// Entries a Notify carries inline are taken without a pull and
-    /// acknowledged within [`INLINE_ACK_DELAY`].
+    /// Entries a Notify or GroupNotify carries inline are taken without a
+    /// pull and acknowledged within [`INLINE_ACK_DELAY`].
     async fn serve(&mut self, conn: &Connection) -> SessionEnd {
         let mut work = Backlog {
             inbox: true,
