@@ -232,36 +232,44 @@ impl SessionSignal {
     /// entries and there is room, keep `message` for the Notify (see
     /// [`SessionSignal::keep_inline`]).
     fn raise_entry(&self, seq: Seq, message: &Arc<StoredMessage>) {
-        if !self.keep_inline(Pending::Entry(seq, message.clone()), || {
+        let entry = |m| Pending::Entry(seq, m);
+        let raise = || {
             self.notified_seq.fetch_max(seq, Ordering::AcqRel);
-        }) {
+        };
+        if !self.keep_inline(message, entry, raise) {
             self.raise(seq);
         }
     }
 
     /// [`SessionSignal::raise_entry`] for a large group's timeline.
     fn raise_group_entry(&self, group: GroupId, seq: Seq, message: &Arc<StoredMessage>) {
-        let entry = Pending::GroupEntry(group, seq, message.clone());
-        if !self.keep_inline(entry, || self.raise_group_top(group, seq)) {
+        let entry = |m| Pending::GroupEntry(group, seq, m);
+        if !self.keep_inline(message, entry, || self.raise_group_top(group, seq)) {
             self.raise_group(group, seq);
         }
     }
 
-    /// If this session takes inline entries and `entry` is small enough,
-    /// keep it when there is room (skipped when full: the gap it leaves
-    /// makes its notify go out without entries, and the device pulls),
-    /// then `raise`, both under the event lock, so [`SessionSignal::take`]
-    /// never sees an entry above the top it reads; wake the writer. False
-    /// if this session does not take it at all.
-    fn keep_inline(&self, entry: Pending, raise: impl FnOnce()) -> bool {
-        let len = entry.inline_bytes();
+    /// If this session takes inline entries and `message` is small enough,
+    /// keep it as `entry` when there is room (skipped when full: the gap
+    /// it leaves makes its notify go out without entries, and the device
+    /// pulls), then `raise`, both under the event lock, so
+    /// [`SessionSignal::take`] never sees an entry above the top it reads;
+    /// wake the writer. False if this session does not take it at all
+    /// (nothing done: the caller raises as for any notify).
+    fn keep_inline(
+        &self,
+        message: &Arc<StoredMessage>,
+        entry: impl FnOnce(Arc<StoredMessage>) -> Pending,
+        raise: impl FnOnce(),
+    ) -> bool {
+        let len = message.content.len();
         if !self.inline.load(Ordering::Acquire) || len > INLINE_MAX_CONTENT {
             return false;
         }
         let mut events = self.events.lock().expect("event lock is never poisoned");
         let held: usize = events.iter().map(Pending::inline_bytes).sum();
         if held + len <= INLINE_BUDGET && events.len() < EVENT_QUEUE_CAP {
-            events.push_back(entry);
+            events.push_back(entry(message.clone()));
         }
         raise();
         drop(events);
@@ -766,12 +774,19 @@ mod tests {
         Some((*max, entries.iter().map(|(seq, _)| *seq).collect()))
     }
 
+    /// Two sessions of user 1: one that did not ask for inline entries,
+    /// one that did.
+    fn plain_and_inline(r: &SessionRegistry) -> (Arc<SessionSignal>, Arc<SessionSignal>) {
+        let (_, plain) = register(r, 1, "plain", PlatformClass::Mobile);
+        let (_, inline) = register(r, 1, "inline", PlatformClass::Desktop);
+        inline.set_inline(true);
+        (plain, inline)
+    }
+
     #[test]
     fn inline_entries_go_only_to_sessions_that_asked_and_only_without_gaps() {
         let r = SessionRegistry::new(KickPolicy::Device);
-        let (_, plain) = register(&r, 1, "plain", PlatformClass::Mobile);
-        let (_, inline) = register(&r, 1, "inline", PlatformClass::Desktop);
-        inline.set_inline(true);
+        let (plain, inline) = plain_and_inline(&r);
         let m = chat(10);
         r.notify_message(1, 4, &m);
         r.notify_message(1, 5, &m);
@@ -824,9 +839,7 @@ mod tests {
     #[test]
     fn large_group_entries_are_kept_per_group_beside_the_queue_ones() {
         let r = SessionRegistry::new(KickPolicy::Device);
-        let (_, plain) = register(&r, 1, "plain", PlatformClass::Mobile);
-        let (_, s) = register(&r, 1, "inline", PlatformClass::Desktop);
-        s.set_inline(true);
+        let (plain, s) = plain_and_inline(&r);
         let m = chat(10);
         r.notify_group_message(7, 3, &[1, 2], &m);
         r.notify_message(1, 1, &m);

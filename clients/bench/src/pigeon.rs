@@ -417,6 +417,28 @@ pub struct ReceiveUntil {
     pub bodies: Option<u64>,
 }
 
+/// The cursor after taking a notify's inline `messages` (recording those
+/// above `cursor` that `keep` wants) if they reach `cursor`; `cursor` as
+/// it was if they do not (the receiver pulls).
+pub fn take_inline(
+    cursor: u64,
+    messages: &[pb::Message],
+    keep: &impl Fn(&pb::Message) -> bool,
+    recorder: &mut Recorder,
+) -> u64 {
+    if messages.first().is_none_or(|m| m.seq > cursor + 1) {
+        return cursor;
+    }
+    let mut taken = cursor;
+    for message in messages.iter().filter(|m| m.seq > cursor) {
+        if keep(message) {
+            recorder.on_body(&message.content);
+        }
+        taken = message.seq;
+    }
+    taken
+}
+
 /// Read a logged-in connection: take the entries a Notify carries when
 /// they continue the cursor (a login with `inline`), pull whenever the
 /// queue is still ahead of the cursor (at login, after a gap, for a login
@@ -488,13 +510,8 @@ pub async fn receive(
                 // Entries that reach the cursor are as good as pulled (the
                 // first few may be ones a pull returned); during a pull its
                 // answer brings them.
-                let reaches = n.messages.first().is_some_and(|m| m.seq <= cursor + 1);
-                if !pulling && reaches {
-                    let from = cursor;
-                    for message in n.messages.iter().filter(|m| m.seq > from) {
-                        recorder.on_body(&message.content);
-                        cursor = message.seq;
-                    }
+                if !pulling {
+                    cursor = take_inline(cursor, &n.messages, &|_| true, recorder);
                 }
             }
             Some(Body::Pulled(page)) => {
@@ -524,4 +541,37 @@ pub async fn receive(
         }
     }
     Ok(cursor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(seqs: &[u64]) -> Vec<pb::Message> {
+        seqs.iter()
+            .map(|&seq| pb::Message {
+                seq,
+                group_id: seq % 2,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn inline_entries_that_reach_the_cursor_are_taken_above_it() {
+        let mut recorder = Recorder::new(false);
+        let all = |_: &pb::Message| true;
+        assert_eq!(
+            take_inline(4, &messages(&[4, 5, 6]), &all, &mut recorder),
+            6
+        );
+        assert_eq!(recorder.received, 2, "seq 4 was already had");
+        // Starting past the cursor, or nothing: left to a pull.
+        assert_eq!(take_inline(6, &messages(&[8, 9]), &all, &mut recorder), 6);
+        assert_eq!(take_inline(6, &[], &all, &mut recorder), 6);
+        // Taken but not recorded when `keep` says no; the cursor moves.
+        let odd = |m: &pb::Message| m.group_id == 1;
+        assert_eq!(take_inline(6, &messages(&[7, 8]), &odd, &mut recorder), 8);
+        assert_eq!(recorder.received, 3);
+    }
 }

@@ -229,14 +229,15 @@ async fn receive_group(
             Some(Body::Notify(n)) => {
                 inbox_max = inbox_max.max(n.max_seq);
                 if !waiting {
-                    inbox_cursor = take_inline(inbox_cursor, &n.messages, &mine, recorder);
+                    inbox_cursor = pigeon::take_inline(inbox_cursor, &n.messages, &mine, recorder);
                 }
             }
             Some(Body::GroupNotify(n)) if n.group_id == group => {
                 timeline_max = timeline_max.max(n.max_seq);
                 // A cursor of 0 has not read the timeline's start yet.
                 if !waiting && timeline_cursor > 0 {
-                    timeline_cursor = take_inline(timeline_cursor, &n.messages, &mine, recorder);
+                    timeline_cursor =
+                        pigeon::take_inline(timeline_cursor, &n.messages, &mine, recorder);
                 }
             }
             Some(Body::Acked(_)) => waiting = false,
@@ -269,28 +270,6 @@ async fn receive_group(
         }
     }
     Ok(())
-}
-
-/// The cursor after taking a notify's inline `messages` (recording the
-/// group's chat messages among them) if they reach `cursor`; `cursor` as
-/// it was if they do not (the receiver pulls).
-fn take_inline(
-    cursor: u64,
-    messages: &[pb::Message],
-    mine: &impl Fn(&pb::Message) -> bool,
-    recorder: &mut Recorder,
-) -> u64 {
-    if messages.first().is_none_or(|m| m.seq > cursor + 1) {
-        return cursor;
-    }
-    let mut taken = cursor;
-    for message in messages.iter().filter(|m| m.seq > cursor) {
-        if mine(message) {
-            recorder.on_body(&message.content);
-        }
-        taken = message.seq;
-    }
-    taken
 }
 
 async fn run(ctx: &Ctx, side: Side, args: &FanoutArgs) -> Result<Figures> {

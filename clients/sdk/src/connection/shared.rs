@@ -270,10 +270,10 @@ impl Shared {
 fn merge(queued: &mut ServerEvent, new: &ServerEvent) -> bool {
     match (queued, new) {
         (ServerEvent::Notify(q), ServerEvent::Notify(n)) => {
-            merge_run((&mut q.max_seq, &mut q.messages), (n.max_seq, &n.messages))
+            merge_run(&mut q.max_seq, &mut q.messages, n.max_seq, &n.messages)
         }
         (ServerEvent::GroupNotify(q), ServerEvent::GroupNotify(n)) if q.group_id == n.group_id => {
-            merge_run((&mut q.max_seq, &mut q.messages), (n.max_seq, &n.messages))
+            merge_run(&mut q.max_seq, &mut q.messages, n.max_seq, &n.messages)
         }
         (ServerEvent::ReadReceipt(q), ServerEvent::ReadReceipt(n))
             if q.peer_user_id == n.peer_user_id =>
@@ -297,13 +297,18 @@ fn merge(queued: &mut ServerEvent, new: &ServerEvent) -> bool {
 /// that it keeps only `max_seq` and the client pulls.
 const INLINE_HELD_MAX: usize = 64 * 1024;
 
-/// Fold a newer notify (`n`: its max_seq and inline entries) into an
-/// unread one (`q`), a Notify or one group's GroupNotify. Inline entries
-/// survive only as a run without gaps that ends at the merged max_seq, as
-/// the server sends them, and only while they are small: otherwise the
-/// notify says only how far the queue or timeline reaches.
-fn merge_run(q: (&mut u64, &mut Vec<pb::Message>), n: (u64, &[pb::Message])) {
-    let ((q_max, q_messages), (n_max, n_messages)) = (q, n);
+/// Fold a newer notify (`n_max` and its inline entries) into an unread
+/// one (`q_max`, `q_messages`), a Notify or one group's GroupNotify.
+/// Inline entries survive only as a run without gaps that ends at the
+/// merged max_seq, as the server sends them, and only while they are
+/// small: otherwise the notify says only how far the queue or timeline
+/// reaches.
+fn merge_run(
+    q_max: &mut u64,
+    q_messages: &mut Vec<pb::Message>,
+    n_max: u64,
+    n_messages: &[pb::Message],
+) {
     if n_max <= *q_max {
         return;
     }
@@ -466,7 +471,7 @@ mod tests {
     }
 
     fn merge_notify(q: &mut pb::Notify, n: &pb::Notify) {
-        merge_run((&mut q.max_seq, &mut q.messages), (n.max_seq, &n.messages));
+        merge_run(&mut q.max_seq, &mut q.messages, n.max_seq, &n.messages);
     }
 
     #[test]
