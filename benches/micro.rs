@@ -5,6 +5,9 @@
 //! - `store/append`: one `Store::apply` of N sends then `sync` (the
 //!   committer's group commit), for N = 1, 32, 256, with fsync and with
 //!   buffered durability, so the flush's share is visible;
+//! - `store/append_pairs`: the same with each of the batch's 256 sends
+//!   between a different pair of users, as the server's 1:1 load makes
+//!   them (every send writes its own queue tops and conversation records);
 //! - `store/pull_ack_collect`: pull 100 queued entries, ack them, collect
 //!   them (entries and bodies deleted), sync.
 //! - `store/group_send`: one group message applied and synced, for small
@@ -189,6 +192,40 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
+fn append_pairs(c: &mut Criterion) {
+    const PAIRS: usize = 256;
+    let mut group = c.benchmark_group("store/append_pairs");
+    group.measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(PAIRS as u64));
+    let (_dir, store, _, _) = open(Durability::Fsync);
+    let users: Vec<u64> = (0..PAIRS * 2)
+        .map(|i| {
+            store
+                .create_user(&format!("u{i}"), "x", now_ms())
+                .expect("created")
+                .expect("new")
+                .id
+        })
+        .collect();
+    let ids = Ids(Cell::new(0));
+    group.bench_function(BenchmarkId::new("fsync", PAIRS), |b| {
+        b.iter_batched(
+            || {
+                users
+                    .chunks(2)
+                    .map(|pair| send_op(&ids, pair[0], pair[1]))
+                    .collect::<Vec<_>>()
+            },
+            |ops| {
+                store.apply(&ops).expect("applied");
+                store.sync().expect("synced");
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 fn pull_ack_collect(c: &mut Criterion) {
     let mut group = c.benchmark_group("store/pull_ack_collect");
     group.measurement_time(Duration::from_secs(5));
@@ -305,5 +342,12 @@ fn group_send(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, append, pull_ack_collect, group_send);
+criterion_group!(
+    benches,
+    codec,
+    append,
+    append_pairs,
+    pull_ack_collect,
+    group_send
+);
 criterion_main!(benches);

@@ -73,6 +73,11 @@ struct Cli {
     /// message after its Notify (the plain push-pull path).
     #[arg(long, global = true)]
     pull_only: bool,
+    /// throughput and latency also print, to stderr as one JSON line per
+    /// side, deliveries by intended send time in 100 ms buckets: count,
+    /// count slower than 10 ms, slowest (µs).
+    #[arg(long, global = true)]
+    timeline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -160,6 +165,7 @@ async fn run(cli: Cli) -> Result<()> {
         connect_concurrency: cli.connect_concurrency,
         run_tag: format!("b{run_tag}"),
         inline: !cli.pull_only,
+        timeline: cli.timeline,
         hard_deadline: Instant::now() + Duration::from_secs_f64(cli.max_secs),
     };
     let sides: &[Side] = match cli.target {

@@ -95,6 +95,52 @@ pub struct Recorder {
     pub split_from_ns: u64,
     late: Option<Histogram<u64>>,
     seen: Option<HashSet<(u32, u64)>>,
+    /// Deliveries by intended send time, when asked (`--timeline`).
+    pub timeline: Option<Timeline>,
+}
+
+/// Deliveries by intended send time in buckets of [`Timeline::BUCKET_MS`]
+/// from the recorder's `record_from_ns`: whether slow deliveries come in
+/// bursts (a stall) or spread out (queueing).
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// Per bucket: deliveries, deliveries slower than [`Timeline::SLOW_US`],
+    /// and the slowest, µs.
+    pub buckets: Vec<[u64; 3]>,
+}
+
+impl Timeline {
+    /// Bucket width.
+    pub const BUCKET_MS: u64 = 100;
+    /// What counts as slow.
+    pub const SLOW_US: u64 = 10_000;
+    /// Buckets kept at most (10 minutes).
+    const MAX_BUCKETS: usize = 6_000;
+
+    fn record(&mut self, since_ns: u64, micros: u64) {
+        let i = (since_ns / (Self::BUCKET_MS * 1_000_000)) as usize;
+        if i >= Self::MAX_BUCKETS {
+            return;
+        }
+        if self.buckets.len() <= i {
+            self.buckets.resize(i + 1, [0; 3]);
+        }
+        let b = &mut self.buckets[i];
+        b[0] += 1;
+        b[1] += u64::from(micros > Self::SLOW_US);
+        b[2] = b[2].max(micros);
+    }
+
+    fn merge(&mut self, other: &Timeline) {
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), [0; 3]);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            mine[0] += theirs[0];
+            mine[1] += theirs[1];
+            mine[2] = mine[2].max(theirs[2]);
+        }
+    }
 }
 
 impl Recorder {
@@ -111,6 +157,7 @@ impl Recorder {
             split_from_ns: u64::MAX,
             late: None,
             seen: track.then(HashSet::new),
+            timeline: None,
         }
     }
 
@@ -144,6 +191,9 @@ impl Recorder {
             }
         }
         let micros = now.saturating_sub(t) / 1000;
+        if let Some(timeline) = &mut self.timeline {
+            timeline.record(t - self.record_from_ns, micros);
+        }
         let into = if t >= self.split_from_ns {
             &mut self.late
         } else {
@@ -181,6 +231,11 @@ impl Recorder {
                 .get_or_insert_with(histogram)
                 .add(theirs)
                 .expect("histograms with the same bounds");
+        }
+        if let Some(theirs) = &other.timeline {
+            self.timeline
+                .get_or_insert_with(Timeline::default)
+                .merge(theirs);
         }
         self.received += other.received;
         self.delivered += other.delivered;
@@ -248,5 +303,20 @@ mod tests {
         r.on_body(&body);
         r.on_body(&make(30, Instant::now(), 1, 2));
         assert_eq!((r.delivered, r.duplicates, r.distinct()), (3, 1, Some(2)));
+    }
+
+    #[test]
+    fn timeline_buckets_by_due_time_and_merges() {
+        let ms = 1_000_000;
+        let mut a = Timeline::default();
+        a.record(5 * ms, 2_000);
+        a.record(250 * ms, 30_000);
+        a.record(260 * ms, 11_000);
+        let mut b = Timeline::default();
+        b.record(50 * ms, 12_000);
+        // Past the last bucket: dropped, not a panic or a huge allocation.
+        b.record(u64::MAX, 1);
+        a.merge(&b);
+        assert_eq!(a.buckets, [[2, 1, 12_000], [0, 0, 0], [2, 2, 30_000]]);
     }
 }

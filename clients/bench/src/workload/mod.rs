@@ -80,6 +80,8 @@ pub struct Ctx {
     pub hard_deadline: Instant,
     /// pigeon receivers ask for new entries inside Notify.
     pub inline: bool,
+    /// Pair workloads print deliveries by send time (see `Timeline`).
+    pub timeline: bool,
 }
 
 impl Ctx {

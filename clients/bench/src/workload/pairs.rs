@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{join_receivers, open_receivers, open_senders, reset_receivers, Ctx, Meter, Side};
-use crate::payload::{self, Percentiles, Recorder};
+use crate::payload::{self, Percentiles, Recorder, Timeline};
 use crate::pigeon::ReceiveUntil;
 use crate::report::{Figures, Outcome};
 
@@ -95,7 +95,11 @@ pub async fn run(ctx: &Ctx, side: Side, args: &PairArgs, rate: Option<f64>) -> R
                 deadline: receivers_done,
                 bodies: None,
             };
-            r.spawn(Recorder::counting(false, window_start, &delivered), until)
+            let mut recorder = Recorder::counting(false, window_start, &delivered);
+            if ctx.timeline {
+                recorder.timeline = Some(Timeline::default());
+            }
+            r.spawn(recorder, until)
         })
         .collect();
 
@@ -180,6 +184,18 @@ pub async fn run(ctx: &Ctx, side: Side, args: &PairArgs, rate: Option<f64>) -> R
         "closed_loop_latency"
     };
     f.latency(label, &Percentiles::of(&all.latency()));
+    if let Some(timeline) = &all.timeline {
+        // A side line, not a figure: one entry per bucket.
+        eprintln!(
+            "{}",
+            json!({
+                "timeline": side.name(),
+                "bucket_ms": Timeline::BUCKET_MS,
+                "slow_us": Timeline::SLOW_US,
+                "buckets": timeline.buckets,
+            })
+        );
+    }
     Ok(f)
 }
 
