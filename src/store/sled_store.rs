@@ -15,7 +15,7 @@
 //! | `tokenhash_token` | SHA-256 of the token (32) | `TokenValue` |
 //! | `userdevice_device` | user (8 BE) ++ device id | `DeviceValue` |
 //! | `userseq_msgid` | user (8 BE) ++ seq (8 BE) | msg id (8 BE) |
-//! | `userid_maxseq` | user (8 BE) | seq (8 BE) |
+//! | `userid_maxseq` | user (8 BE) | seq (8 BE): the max seq when the queue's top was last collected |
 //! | `msgid_body` | msg id (8 BE) | `BodyValue` (with refcount) |
 //! | `userclientmsgid_dedupe` | sender (8 BE) ++ client_msg_id | `DedupeValue` |
 //! | `usertokenhash_device` | user (8 BE) ++ SHA-256 of the token (32) | device id (UTF-8) |
@@ -26,6 +26,13 @@
 //! | `userpeer_conv` | user (8 BE) ++ peer (8 BE) | `ConvValue` (1:1 conversation) |
 //! | `userdevice_push` | user (8 BE) ++ device id | `PushTokenValue` |
 //! | `userdevice_pushjob` | user (8 BE) ++ device id | `PushJobValue` (the outbox, one per device) |
+//!
+//! A user's max seq is the larger of its last queue entry and its
+//! `userid_maxseq` record. A send does not write the record (its read
+//! and insert were a sixth of the writer's instructions for a batch of 1:1
+//! sends; see docs/performance.md); a Collect writes it before it removes entries, so
+//! removing the top of a queue never lowers the max and a seq is never
+//! handed out twice.
 //!
 //! Every write takes the store's write gate shared; [`Store::backup`] takes
 //! it exclusively, so a backup sees no write land while it copies.
@@ -41,6 +48,7 @@ mod powerloss;
 mod social;
 #[cfg(test)]
 mod tests;
+mod tops;
 pub(crate) mod verify;
 mod wal;
 
@@ -72,7 +80,12 @@ use manifest::{Committed, Manifest};
 /// Version 2 added the `usertokenhash_device` index; version 3 the group,
 /// timeline and conversation trees and the new body fields (a version 2
 /// store has none of them, so its migration only writes the number).
-pub const SCHEMA_VERSION: u32 = 3;
+/// Version 4 stopped writing `userid_maxseq` on every send: a max seq is
+/// the queue's top or the record, whichever is larger. A version 3 store
+/// reads the same under that rule (its records are never below the top),
+/// so its migration only writes the number; a version 3 build must refuse
+/// a version 4 store, whose records may be below the top.
+pub const SCHEMA_VERSION: u32 = 4;
 
 const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 const META_MSGID_FLOOR: &[u8] = b"msgid_floor";
@@ -231,6 +244,8 @@ pub struct SledStore {
     /// replayed when the store was opened.
     wal_stats: Option<Arc<wal::WalStats>>,
     wal_replayed: u64,
+    /// Max seqs as the writer last left them (see [`tops`]).
+    tops: tops::Tops,
     /// The highest message id the last successful `sync` made durable (as
     /// far as the durability setting goes). Pulls and timelines stop below
     /// the first entry above it, so no device is shown, and moves its
@@ -352,6 +367,7 @@ impl SledStore {
             wal,
             wal_stats,
             wal_replayed: recovered.replayed,
+            tops: tops::Tops::default(),
             visible_msg_id: std::sync::atomic::AtomicU64::new(0),
             write_gate: RwLock::new(()),
             compacting: Mutex::new(()),
@@ -459,6 +475,15 @@ impl SledStore {
                 self.fsync()?;
                 tracing::info!("store migrated from schema 2 to 3");
                 self.migrate(3)
+            }
+            3 => {
+                e.trees
+                    .meta
+                    .insert(META_SCHEMA_VERSION, &4u32.to_be_bytes())
+                    .map_err(from_sled)?;
+                self.fsync()?;
+                tracing::info!("store migrated from schema 3 to 4");
+                self.migrate(4)
             }
             _ => Err(StoreError::SchemaVersion {
                 found,
@@ -661,13 +686,20 @@ impl Store for SledStore {
         let grows = ops.iter().any(|op| op.msg_ids_needed() > 0);
         self.check_space(grows)?;
         let Some(wal) = &self.wal else {
-            return Ok(self.track(batch::apply(&e.trees, ops, None))?.outcomes);
+            let applied = self.track(batch::apply(&e.trees, &self.tops, ops, None))?;
+            self.tops.note(applied.max_seqs.into_iter());
+            return Ok(applied.outcomes);
         };
         // Write-ahead: the record is durable before sled sees its writes
         // (see `batch::apply`).
         let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
-        let applied = self.track(batch::apply(&e.trees, ops, Some(wal.next_lsn())))?;
+        let applied = self.track(batch::apply(
+            &e.trees,
+            &self.tops,
+            ops,
+            Some(wal.next_lsn()),
+        ))?;
         if applied.record.is_empty() {
             return Ok(applied.outcomes);
         }
@@ -676,6 +708,7 @@ impl Store for SledStore {
         self.track(wal.sync())?;
         let logged = Instant::now();
         self.track(wal::apply_record(&e.trees, &applied.record))?;
+        self.tops.note(applied.max_seqs.into_iter());
         if let Some(stats) = &self.wal_stats {
             stats.add_batch(worked - started, logged - worked, logged.elapsed());
         }
@@ -793,8 +826,16 @@ impl Store for SledStore {
     }
 
     fn max_seq(&self, user: UserId) -> Result<Seq, StoreError> {
+        if let Some(seq) = self.tops.get(user) {
+            return Ok(seq);
+        }
         let e = self.engine();
-        Self::read_u64(&e.trees.userid_maxseq, &u64_key(user), "max seq")
+        // The top first: a Collect writes the record before it removes
+        // entries, so whichever of its writes this read misses, the other
+        // read sees the max.
+        let top = queue_top(&e.trees.userseq_msgid, user)?;
+        let recorded = Self::read_u64(&e.trees.userid_maxseq, &u64_key(user), "max seq")?;
+        Ok(top.max(recorded))
     }
 
     fn pull(&self, user: UserId, after_seq: Seq, limit: usize) -> Result<Page, StoreError> {
@@ -1072,6 +1113,20 @@ pub fn holds_store(dir: &Path) -> bool {
 /// The distinct first halves (user or group ids) of a tree keyed by two
 /// u64s, above `after`, at most `limit`: one seek per owner, jumping to its
 /// first key and then past its whole range.
+/// The highest seq in `user`'s queue, 0 if it is empty. A user's max seq
+/// is the larger of this and its `userid_maxseq` record, which only a
+/// Collect writes (see the module docs).
+fn queue_top(queue: &Tree, user: UserId) -> Result<Seq, StoreError> {
+    let range = user_seq_key(user, 0)..=user_seq_key(user, Seq::MAX);
+    match queue.range(range).next_back() {
+        Some(item) => {
+            let (key, _) = item.map_err(from_sled)?;
+            Ok(split_user_seq(&key)?.1)
+        }
+        None => Ok(0),
+    }
+}
+
 fn owners_after(tree: &Tree, after: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
     let mut owners = Vec::new();
     let mut next = after.checked_add(1);

@@ -149,6 +149,48 @@ pub fn collect_respects_limit_and_reports_more(fx: &mut impl StoreFixture) {
     assert!(seqs(&store, 2).is_empty());
 }
 
+/// Collecting a queue's top, alone or in a batch with sends to the same
+/// user, never lowers its max seq, before a reopen or after: the next send
+/// takes the next seq.
+pub fn collecting_the_top_keeps_the_max_seq(fx: &mut impl StoreFixture) {
+    let store = fx.open();
+    fill(&store, 2);
+    // Collect to empty, then a send, in one batch.
+    let out = apply(
+        &store,
+        &[
+            ack(2, "tab", 2, 9000),
+            collect(2, 0, u64::MAX, 10),
+            send(1, 2, msg_id(3000, 0)),
+        ],
+    );
+    assert_eq!(out[1], collected(2, 0, false));
+    assert_eq!(sent(&out[2]), (msg_id(3000, 0), 3, 3, false));
+    // A send, then everything collected, in one batch.
+    let out = apply(
+        &store,
+        &[
+            send(1, 2, msg_id(3000, 1)),
+            ack(2, "tab", 4, 9000),
+            collect(2, 0, u64::MAX, 10),
+        ],
+    );
+    assert_eq!(sent(&out[0]), (msg_id(3000, 1), 4, 4, false));
+    assert_eq!(out[2], collected(2, 0, false));
+    assert!(seqs(&store, 2).is_empty());
+    assert_eq!(store.max_seq(2).unwrap(), 4);
+    store.sync().unwrap();
+    drop(store);
+
+    let store = fx.open();
+    assert_eq!(store.max_seq(2).unwrap(), 4);
+    assert_eq!(
+        sent(&apply_one(&store, send(1, 2, msg_id(3000, 2)))),
+        (msg_id(3000, 2), 5, 5, false)
+    );
+    assert_eq!(seqs(&store, 2), [5]);
+}
+
 /// The sender collecting its copy leaves the body for the recipient.
 pub fn body_is_deleted_only_with_its_last_reference(fx: &mut impl StoreFixture) {
     let store = fx.open();

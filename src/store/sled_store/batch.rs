@@ -1,10 +1,10 @@
-//! The writes of the sled engine: one [`Store::apply`] batch (and one
-//! `create_user`) is one multi-tree sled transaction, so after a crash either
-//! all of it is there or none of it (STORE-NOTES 1).
+//! The writes of the sled engine: one [`Store::apply`] batch becomes one
+//! record of writes, made atomic by the write-ahead log or, without one,
+//! by one multi-tree sled transaction (as is `create_user`), so after a
+//! crash either all of it is there or none of it (STORE-NOTES 1).
 //!
 //! Owns the rules of each [`WriteOp`] as they touch the trees; never syncs
-//! (the caller does) and never reads outside its transaction except the
-//! scans that `Collect` needs before it (see [`scan_for_collect`]).
+//! (the caller does).
 //!
 //! [`Store::apply`]: crate::store::Store::apply
 
@@ -17,11 +17,12 @@ use std::collections::{BTreeSet, HashMap};
 use prost::Message;
 
 use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+    ConflictableTransactionError, TransactionError, UnabortableTransactionError,
 };
 use sled::Transactional;
 use sled::{IVec, Tree};
 
+use super::tops::Tops;
 use super::wal::{self, META_WAL_LSN};
 use super::{from_sled, Trees, META_MSGID_FLOOR, META_NEXT_GROUP_ID, META_NEXT_USER_ID};
 use crate::store::records::{
@@ -184,6 +185,9 @@ pub(super) fn logged_tree(trees: &Trees, id: u8) -> Option<&Tree> {
 /// What one batch produced.
 pub(super) struct Applied {
     pub outcomes: Vec<WriteOutcome>,
+    /// The max seq of every user the batch looked at, as of its end: for
+    /// [`Tops::note`] once the batch is committed.
+    pub max_seqs: HashMap<UserId, Seq>,
     /// With a write-ahead log: the batch's writes as a record's entries,
     /// its lsn's write last, not yet applied to sled (see [`apply`]).
     pub record: Vec<u8>,
@@ -191,33 +195,42 @@ pub(super) struct Applied {
 
 /// Works out `ops`; see [`crate::store::Store::apply`].
 ///
-/// Without a write-ahead log (`wal_lsn` is `None`) the batch is one sled
-/// transaction, committed here, so after a crash all of it is there or none
-/// of it (STORE-NOTES 1).
+/// The batch runs against sled plus its own writes so far, reading sled
+/// directly (only this thread writes the trees a batch writes), and its
+/// writes come back as one record of entries.
 ///
-/// With one, nothing is written to sled here: the batch runs against sled
-/// plus its own writes so far, and its writes come back as a log record
-/// ending with the write of its lsn into `meta`. The caller makes the
-/// record durable and only then applies it to sled ([`wal::apply_record`]),
-/// so sled never holds a write the log could lose, and the record replays
-/// whole after a crash. Why not a sled transaction: every one writes out
-/// sled's io buffer twice (`PageCache::pin_log` rolls it before and after
-/// its batch marker), i.e. two log writes, two `sync_file_range` waits and
-/// two wake-ups of sled's io threads per batch, which is the cost the log
-/// is there to remove.
+/// With a write-ahead log (`wal_lsn`), nothing is written to sled here:
+/// the record ends with the write of its lsn into `meta`, and the caller
+/// makes it durable and only then applies it to sled
+/// ([`wal::apply_record`]), so sled never holds a write the log could
+/// lose, and the record replays whole after a crash. Why not a sled
+/// transaction: every one writes out sled's io buffer twice
+/// (`PageCache::pin_log` rolls it before and after its batch marker), i.e.
+/// two log writes, two `sync_file_range` waits and two wake-ups of sled's
+/// io threads per batch, which is the cost the log is there to remove.
 ///
-/// Readers see a batch's writes land one by one either way (a pull reads
-/// several keys, and sled gives no snapshot across them): new messages stay
-/// hidden by the visible-message floor until their sync, and the other
-/// writes are single-record changes a reader takes before or after.
+/// Without one, the record is committed here as one multi-tree sled
+/// transaction of plain writes, so after a crash all of it is there or
+/// none of it (STORE-NOTES 1). The batch is worked out before the
+/// transaction, not inside it, because it reads each queue's top with a
+/// range scan, and a sled read outside a transaction blocks while one is
+/// open on the same thread.
+///
+/// Readers see a batch's writes land one by one in the first case (a pull
+/// reads several keys, and sled gives no snapshot across them): new
+/// messages stay hidden by the visible-message floor until their sync, and
+/// the other writes are single-record changes a reader takes before or
+/// after.
 pub(super) fn apply(
     trees: &Trees,
+    tops: &Tops,
     ops: &[WriteOp],
     wal_lsn: Option<u64>,
 ) -> Result<Applied, StoreError> {
     if ops.is_empty() {
         return Ok(Applied {
             outcomes: Vec::new(),
+            max_seqs: HashMap::new(),
             record: Vec::new(),
         });
     }
@@ -226,32 +239,63 @@ pub(super) fn apply(
         social::scan_groups(trees, ops)?,
         social::scan_timelines(trees, ops)?,
     );
-    let Some(lsn) = wal_lsn else {
-        let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12] = logged_trees(trees);
-        let trees = (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12);
-        // sled may run the closure again on a conflict, so all batch state
-        // is made inside it.
-        let outcomes = finish_tx(trees.transaction(|views| {
-            let (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12) = views;
-            let views = [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12].map(Target::Tx);
-            run(views, &scans, ops)
-        }))?;
-        return Ok(Applied {
-            outcomes,
-            record: Vec::new(),
-        });
-    };
     let log = RefCell::new(Log::default());
-    let views = logged_trees(trees).map(|tree| Target::Log(tree, &log));
-    let outcomes = run(views, &scans, ops).map_err(|e| match e {
+    let views = logged_trees(trees).map(|tree| (tree, &log));
+    let queue = QueueTops {
+        tree: &trees.userseq_msgid,
+        known: tops,
+    };
+    let (outcomes, max_seqs) = run(views, queue, &scans, ops).map_err(|e| match e {
         ConflictableTransactionError::Abort(e) => e,
         ConflictableTransactionError::Storage(e) => from_sled(e),
         // Only a transaction conflicts.
         _ => StoreError::Io("a batch outside a transaction reported a conflict".into()),
     })?;
     let mut record = log.into_inner().record;
-    wal::encode_insert(&mut record, META_TREE_ID, META_WAL_LSN, &u64_key(lsn));
-    Ok(Applied { outcomes, record })
+    match wal_lsn {
+        Some(lsn) => {
+            wal::encode_insert(&mut record, META_TREE_ID, META_WAL_LSN, &u64_key(lsn));
+            Ok(Applied {
+                outcomes,
+                max_seqs,
+                record,
+            })
+        }
+        None => {
+            commit(trees, &record)?;
+            Ok(Applied {
+                outcomes,
+                max_seqs,
+                record: Vec::new(),
+            })
+        }
+    }
+}
+
+/// Writes a batch's record to sled as one transaction.
+fn commit(trees: &Trees, record: &[u8]) -> Result<(), StoreError> {
+    if record.is_empty() {
+        return Ok(());
+    }
+    let entries = wal::entries(record).map_err(StoreError::Corrupt)?;
+    let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12] = logged_trees(trees);
+    finish_tx(
+        (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12).transaction(|views| {
+            let (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12) = views;
+            let views = [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12];
+            for entry in &entries {
+                let (wal::Entry::Insert { tree, .. } | wal::Entry::Remove { tree, .. }) = entry;
+                let Some(view) = views.get(usize::from(*tree)) else {
+                    return Err(corrupt(format!("a record names unknown tree {tree}")));
+                };
+                match entry {
+                    wal::Entry::Insert { key, value, .. } => view.insert(*key, *value).map(drop),
+                    wal::Entry::Remove { key, .. } => view.remove(*key).map(drop),
+                }?;
+            }
+            Ok(())
+        }),
+    )
 }
 
 /// The id of `meta` in [`logged_trees`].
@@ -265,15 +309,17 @@ type Scans = (
 
 /// Runs `ops` over `views` (the trees in [`logged_trees`] order).
 fn run(
-    views: [Target<'_>; 13],
+    views: [(&Tree, &RefCell<Log>); 13],
+    queue_tops: QueueTops<'_>,
     (scans, group_scans, timeline_scans): &Scans,
     ops: &[WriteOp],
-) -> TxResult<Vec<WriteOutcome>> {
+) -> TxResult<(Vec<WriteOutcome>, HashMap<UserId, Seq>)> {
     let mut next_id = 0;
-    let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12] = views.map(|target| {
+    let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12] = views.map(|(tree, log)| {
         next_id += 1;
         LoggedTree {
-            target,
+            tree,
+            log,
             id: next_id - 1,
         }
     });
@@ -295,8 +341,8 @@ fn run(
         group_scans,
         timeline_scans,
         member_sets: HashMap::new(),
+        queue_tops,
         max_seqs: HashMap::new(),
-        raised: BTreeSet::new(),
         new_seqs: HashMap::new(),
         new_devices: BTreeSet::new(),
         top_msg_id: 0,
@@ -306,29 +352,31 @@ fn run(
         .map(|op| batch.apply(op))
         .collect::<TxResult<Vec<_>>>()?;
     batch.finish()?;
-    Ok(outcomes)
+    Ok((outcomes, batch.max_seqs))
 }
 
-/// Where a batch reads and writes: its transaction, or (with a
-/// write-ahead log) the tree, only read, under the batch's own writes.
+/// Where a batch finds a max seq it has not seen yet: the writer's memory,
+/// else the queue's last entry (see [`Tops`]).
 #[derive(Clone, Copy)]
-enum Target<'a> {
-    Tx(&'a TransactionalTree),
-    Log(&'a Tree, &'a RefCell<Log>),
+struct QueueTops<'a> {
+    tree: &'a Tree,
+    known: &'a Tops,
 }
 
-/// A batch's writes under a write-ahead log: the record, and each key's
-/// newest value (`None`: removed) for the batch's own reads.
+/// A batch's writes: the record, and each key's newest value (`None`:
+/// removed) for the batch's own reads.
 #[derive(Default)]
 struct Log {
     record: Vec<u8>,
     written: HashMap<(u8, IVec), Option<IVec>>,
 }
 
-/// A tree as a batch sees it (see [`Target`]); `id` names it in records.
+/// A tree as a batch sees it: sled's tree, only read, under the batch's
+/// own writes; `id` names it in records.
 #[derive(Clone, Copy)]
 struct LoggedTree<'a> {
-    target: Target<'a>,
+    tree: &'a Tree,
+    log: &'a RefCell<Log>,
     id: u8,
 }
 
@@ -337,44 +385,30 @@ type TreeResult<T> = Result<T, UnabortableTransactionError>;
 impl LoggedTree<'_> {
     fn get(&self, key: impl AsRef<[u8]>) -> TreeResult<Option<IVec>> {
         let key = key.as_ref();
-        match self.target {
-            Target::Tx(tree) => tree.get(key),
-            Target::Log(tree, log) => {
-                if let Some(value) = log.borrow().written.get(&(self.id, IVec::from(key))) {
-                    return Ok(value.clone());
-                }
-                tree.get(key).map_err(UnabortableTransactionError::Storage)
-            }
+        if let Some(value) = self.log.borrow().written.get(&(self.id, IVec::from(key))) {
+            return Ok(value.clone());
         }
+        self.tree
+            .get(key)
+            .map_err(UnabortableTransactionError::Storage)
     }
 
     fn insert(&self, key: impl AsRef<[u8]>, value: impl Into<IVec>) -> TreeResult<()> {
-        let (key, value) = (key.as_ref(), value.into());
-        match self.target {
-            Target::Tx(tree) => tree.insert(key, value).map(drop),
-            Target::Log(_, log) => {
-                self.record(log, key, Some(value));
-                Ok(())
-            }
-        }
+        self.record(key.as_ref(), Some(value.into()));
+        Ok(())
     }
 
     /// Removes `key`; returns whether it was there.
     fn remove(&self, key: impl AsRef<[u8]>) -> TreeResult<bool> {
         let key = key.as_ref();
-        match self.target {
-            Target::Tx(tree) => Ok(tree.remove(key)?.is_some()),
-            Target::Log(_, log) => {
-                let existed = self.get(key)?.is_some();
-                self.record(log, key, None);
-                Ok(existed)
-            }
-        }
+        let existed = self.get(key)?.is_some();
+        self.record(key, None);
+        Ok(existed)
     }
 
     /// Adds a write to the batch's record and to what its reads see.
-    fn record(&self, log: &RefCell<Log>, key: &[u8], value: Option<IVec>) {
-        let mut log = log.borrow_mut();
+    fn record(&self, key: &[u8], value: Option<IVec>) {
+        let mut log = self.log.borrow_mut();
         match &value {
             Some(value) => wal::encode_insert(&mut log.record, self.id, key, value),
             None => wal::encode_remove(&mut log.record, self.id, key),
@@ -384,8 +418,8 @@ impl LoggedTree<'_> {
 }
 
 /// One batch in flight: the transaction's trees plus what the batch has
-/// done so far, so that each user's max seq and the msg id floor are
-/// written once per batch rather than once per op.
+/// done so far, so that each user's max seq is read once per batch and the
+/// msg id floor written once per batch rather than once per op.
 struct Batch<'a> {
     meta: LoggedTree<'a>,
     devices: LoggedTree<'a>,
@@ -408,10 +442,10 @@ struct Batch<'a> {
     timeline_scans: &'a HashMap<GroupId, Vec<Seq>>,
     /// Current members as this batch changed them.
     member_sets: HashMap<GroupId, BTreeSet<UserId>>,
+    /// Each user's max seq as of the batch's start, short of its record.
+    queue_tops: QueueTops<'a>,
     /// Max seq per user as of the current op.
     max_seqs: HashMap<UserId, Seq>,
-    /// Users whose max seq this batch raised.
-    raised: BTreeSet<UserId>,
     /// Queue entries this batch added, per user, in seq order.
     new_seqs: HashMap<UserId, Vec<Seq>>,
     /// Device keys this batch wrote.
@@ -548,9 +582,9 @@ impl Batch<'_> {
         }
     }
 
-    /// Writes per stored 1:1 message: body, two queue entries, dedupe record,
-    /// the two conversation records, plus each touched user's max seq and
-    /// the floor once per batch. A group message goes to `send_group`.
+    /// Writes per stored 1:1 message: body, two queue entries, dedupe record
+    /// and the two conversation records, plus the floor once per batch (a
+    /// max seq is the queue's top, see `SledStore::max_seq`). A group message goes to `send_group`.
     fn send(&mut self, m: &NewMessage, dedupe_since_ms: u64) -> TxResult<WriteOutcome> {
         // A resend's fresh id was also handed out, so it raises the floor too.
         self.top_msg_id = self.top_msg_id.max(m.msg_id);
@@ -636,7 +670,6 @@ impl Batch<'_> {
             .checked_add(1)
             .ok_or_else(|| corrupt(format!("user {user}'s queue is out of seqs")))?;
         self.max_seqs.insert(user, seq);
-        self.raised.insert(user);
         self.queue
             .insert(&user_seq_key(user, seq)[..], &u64_key(msg_id)[..])?;
         self.new_seqs.entry(user).or_default().push(seq);
@@ -647,9 +680,19 @@ impl Batch<'_> {
         if let Some(seq) = self.max_seqs.get(&user) {
             return Ok(*seq);
         }
-        let seq = match self.maxseq.get(u64_key(user))? {
-            Some(raw) => tx(decode_u64("max seq", &raw))?,
-            None => 0,
+        let seq = match self.queue_tops.known.get(user) {
+            Some(seq) => seq,
+            None => {
+                // The batch's own writes are in `max_seqs` from the first
+                // read on, so the tree's top (as before the batch) is the
+                // one to compare.
+                let top = tx(super::queue_top(self.queue_tops.tree, user))?;
+                let recorded = match self.maxseq.get(u64_key(user))? {
+                    Some(raw) => tx(decode_u64("max seq", &raw))?,
+                    None => 0,
+                };
+                top.max(recorded)
+            }
         };
         self.max_seqs.insert(user, seq);
         Ok(seq)
@@ -800,6 +843,12 @@ impl Batch<'_> {
                 more = true;
                 break;
             }
+            if entries == 0 {
+                // Before the first removal (see `SledStore::max_seq`): the
+                // top may go, the max must stay.
+                let max = self.max_seq(user)?;
+                self.maxseq.insert(&u64_key(user)[..], &u64_key(max)[..])?;
+            }
             self.queue.remove(&key[..])?;
             entries += 1;
             bodies += u64::from(self.release_body(msg_id)?);
@@ -829,13 +878,8 @@ impl Batch<'_> {
         Ok(false)
     }
 
-    /// Writes what the batch kept in memory: each raised max seq once, and
-    /// the msg id floor if the batch went above it.
+    /// Writes the msg id floor if the batch went above it (once per batch).
     fn finish(&self) -> TxResult<()> {
-        for user in &self.raised {
-            let seq = self.max_seqs.get(user).copied().unwrap_or_default();
-            self.maxseq.insert(&u64_key(*user)[..], &u64_key(seq)[..])?;
-        }
         if self.top_msg_id == 0 {
             return Ok(());
         }

@@ -124,15 +124,17 @@ fn undecodable_record_is_corrupt_not_a_panic() {
         .insert(super::u64_key(msg_id(1, 0)), &[0x22, 0x10, b'a'][..])
         .unwrap();
     assert!(matches!(store.pull(2, 0, 10), Err(StoreError::Corrupt(_))));
+    // User 4, whom no batch has looked at: the writer has no max seq in
+    // memory for it and reads the record.
     store
         .engine()
         .trees
         .userid_maxseq
-        .insert(super::u64_key(2), &[1u8][..])
+        .insert(super::u64_key(4), &[1u8][..])
         .unwrap();
-    assert!(matches!(store.max_seq(2), Err(StoreError::Corrupt(_))));
+    assert!(matches!(store.max_seq(4), Err(StoreError::Corrupt(_))));
     assert!(matches!(
-        store.apply(&[send(3, 2, msg_id(2, 0))]),
+        store.apply(&[send(3, 4, msg_id(2, 0))]),
         Err(StoreError::Corrupt(_))
     ));
     // The failed batch wrote nothing.
@@ -184,6 +186,52 @@ fn second_open_of_a_live_store_fails_instead_of_sharing_it() {
         other => panic!("expected the lock to refuse, got {:?}", other.err()),
     }
     assert!(in_progress.exists());
+}
+
+/// A send writes no `userid_maxseq` record (the max seq is the queue's
+/// top); a Collect writes one before it removes entries; `verify` holds a
+/// store with both kinds of users clean.
+#[test]
+fn only_a_collect_writes_a_max_seq_record() {
+    use crate::store::WriteOp;
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("data");
+    let store = SledStore::open(&path, Durability::Fsync).unwrap();
+    store
+        .apply(&[send(1, 2, msg_id(1, 0)), send(1, 2, msg_id(2, 0))])
+        .unwrap();
+    store.sync().unwrap();
+    let record = |store: &SledStore, user: u64| {
+        let trees = &store.engine().trees;
+        trees.userid_maxseq.get(super::u64_key(user)).unwrap()
+    };
+    assert_eq!((record(&store, 1), record(&store, 2)), (None, None));
+    store
+        .apply(&[
+            WriteOp::Ack {
+                user: 2,
+                device_id: "tab".into(),
+                seq: 2,
+                now_ms: 9000,
+                if_present: false,
+            },
+            WriteOp::Collect {
+                user: 2,
+                active_since_ms: 0,
+                retain_since_ms: u64::MAX,
+                limit: 1,
+            },
+        ])
+        .unwrap();
+    store.sync().unwrap();
+    assert_eq!(record(&store, 2).as_deref(), Some(&super::u64_key(2)[..]));
+    assert_eq!(
+        (store.max_seq(1).unwrap(), store.max_seq(2).unwrap()),
+        (2, 2)
+    );
+    drop(store);
+    let report = crate::store::verify(&path).unwrap();
+    assert!(report.is_clean(), "{report:?}");
 }
 
 #[test]

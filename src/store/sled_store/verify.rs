@@ -187,6 +187,27 @@ fn walk(store: &SledStore, report: &mut VerifyReport) {
         );
         Ok(())
     });
+    let mut refs: HashMap<u64, u32> = HashMap::new();
+    check(report, "userseq_msgid", &t.userseq_msgid, &mut |k, v| {
+        let (user, seq) = split_user_seq(k).map_err(e)?;
+        let msg_id = decode_u64("queue entry", v).map_err(e)?;
+        *refs.entry(msg_id).or_default() += 1;
+        // A max seq is the queue's top or its record, whichever is larger.
+        let max = max_seqs.entry(user).or_insert(0);
+        *max = (*max).max(seq);
+        if msg_id > floor {
+            return Err(format!(
+                "entry {seq} of user {user} has message id {msg_id} above the floor {floor}"
+            ));
+        }
+        match t.msgid_body.get(u64_key(msg_id)) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!(
+                "entry {seq} of user {user}: body {msg_id} is missing"
+            )),
+            Err(err) => Err(format!("entry {seq} of user {user}: {}", from_sled(err))),
+        }
+    });
     check(
         report,
         "userdevice_device",
@@ -204,30 +225,6 @@ fn walk(store: &SledStore, report: &mut VerifyReport) {
             Ok(())
         },
     );
-    let mut refs: HashMap<u64, u32> = HashMap::new();
-    check(report, "userseq_msgid", &t.userseq_msgid, &mut |k, v| {
-        let (user, seq) = split_user_seq(k).map_err(e)?;
-        let msg_id = decode_u64("queue entry", v).map_err(e)?;
-        *refs.entry(msg_id).or_default() += 1;
-        let max = max_seqs.get(&user).copied().unwrap_or(0);
-        if seq > max {
-            return Err(format!(
-                "entry {seq} of user {user} is above its max seq {max}"
-            ));
-        }
-        if msg_id > floor {
-            return Err(format!(
-                "entry {seq} of user {user} has message id {msg_id} above the floor {floor}"
-            ));
-        }
-        match t.msgid_body.get(u64_key(msg_id)) {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(format!(
-                "entry {seq} of user {user}: body {msg_id} is missing"
-            )),
-            Err(err) => Err(format!("entry {seq} of user {user}: {}", from_sled(err))),
-        }
-    });
     check(report, "msgid_body", &t.msgid_body, &mut |k, v| {
         let msg_id = decode_u64("body key", k).map_err(e)?;
         let body = decode::<BodyValue>("message body", v).map_err(e)?;
