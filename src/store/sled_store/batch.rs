@@ -239,7 +239,12 @@ pub(super) fn apply(
         social::scan_groups(trees, ops)?,
         social::scan_timelines(trees, ops)?,
     );
-    let log = RefCell::new(Log::default());
+    // Sized for a 1:1 send's six writes per op, so that a batch of sends
+    // does not grow the map of its writes again and again.
+    let log = RefCell::new(Log {
+        record: Vec::with_capacity(ops.len() * WRITE_BYTES_PER_OP),
+        written: HashMap::with_capacity(ops.len() * WRITES_PER_OP),
+    });
     let views = logged_trees(trees).map(|tree| (tree, &log));
     let queue = QueueTops {
         tree: &trees.userseq_msgid,
@@ -298,6 +303,11 @@ fn commit(trees: &Trees, record: &[u8]) -> Result<(), StoreError> {
     )
 }
 
+/// Writes a 1:1 send makes (see [`Batch::send`]), to size a batch's log.
+const WRITES_PER_OP: usize = 6;
+/// Record bytes such a send takes with a 100-byte body.
+const WRITE_BYTES_PER_OP: usize = 512;
+
 /// The id of `meta` in [`logged_trees`].
 const META_TREE_ID: u8 = 0;
 
@@ -342,8 +352,9 @@ fn run(
         timeline_scans,
         member_sets: HashMap::new(),
         queue_tops,
-        max_seqs: HashMap::new(),
-        new_seqs: HashMap::new(),
+        // A 1:1 send touches two users.
+        max_seqs: HashMap::with_capacity(ops.len() * 2),
+        new_seqs: HashMap::with_capacity(ops.len() * 2),
         new_devices: BTreeSet::new(),
         top_msg_id: 0,
     };
