@@ -28,11 +28,13 @@
 //! | `userdevice_pushjob` | user (8 BE) ++ device id | `PushJobValue` (the outbox, one per device) |
 //!
 //! A user's max seq is the larger of its last queue entry and its
-//! `userid_maxseq` record. A send does not write the record (its read
-//! and insert were a sixth of the writer's instructions for a batch of 1:1
-//! sends; see docs/performance.md); a Collect writes it before it removes entries, so
-//! removing the top of a queue never lowers the max and a seq is never
-//! handed out twice.
+//! `userid_maxseq` record. A send does not write the record (its read and
+//! insert were a sixth of the writer's instructions for a batch of 1:1
+//! sends; see docs/performance.md); a Collect writes it before it removes
+//! entries, so removing the top of a queue never lowers the max and a seq
+//! is never handed out twice. The writer keeps the max seqs it has worked
+//! out in memory (`tops.rs`), since finding a queue's last entry costs a
+//! reverse scan.
 //!
 //! Every write takes the store's write gate shared; [`Store::backup`] takes
 //! it exclusively, so a backup sees no write land while it copies.
@@ -1110,9 +1112,6 @@ pub fn holds_store(dir: &Path) -> bool {
     dir.join("db").exists() || dir.join(layout::POINTER_FILE).exists()
 }
 
-/// The distinct first halves (user or group ids) of a tree keyed by two
-/// u64s, above `after`, at most `limit`: one seek per owner, jumping to its
-/// first key and then past its whole range.
 /// The highest seq in `user`'s queue, 0 if it is empty. A user's max seq
 /// is the larger of this and its `userid_maxseq` record, which only a
 /// Collect writes (see the module docs).
@@ -1127,6 +1126,9 @@ fn queue_top(queue: &Tree, user: UserId) -> Result<Seq, StoreError> {
     }
 }
 
+/// The distinct first halves (user or group ids) of a tree keyed by two
+/// u64s, above `after`, at most `limit`: one seek per owner, jumping to its
+/// first key and then past its whole range.
 fn owners_after(tree: &Tree, after: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
     let mut owners = Vec::new();
     let mut next = after.checked_add(1);
