@@ -22,19 +22,21 @@
 //!
 //! Temporary directories only; nothing touches the network.
 
-use std::cell::Cell;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod support;
+
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use pigeon_protocol::pb;
 use pigeon_protocol::{Body, Codec, Envelope};
-use pigeon_server::store::{
-    Durability, NewMessage, SledStore, Store, WriteOp, WriteOutcome, MSG_ID_COUNTER_BITS,
-};
+use pigeon_server::store::{Durability, SledStore, Store, WriteOp, WriteOutcome};
 use tokio_util::codec::{Decoder, Encoder};
 
-const PAYLOAD: usize = 100;
+use support::{create_users, now_ms, send_op, Ids, PAYLOAD};
 
 fn send_envelope(i: u64) -> Envelope {
     Envelope::new(
@@ -109,43 +111,6 @@ fn codec(c: &mut Criterion) {
     group.finish();
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as u64
-}
-
-/// Message ids the way the committer issues them: time << 16 | counter,
-/// always increasing.
-struct Ids(Cell<u64>);
-
-impl Ids {
-    fn next(&self) -> u64 {
-        let id = (now_ms() << MSG_ID_COUNTER_BITS).max(self.0.get() + 1);
-        self.0.set(id);
-        id
-    }
-}
-
-fn send_op(ids: &Ids, from: u64, to: u64) -> WriteOp {
-    let msg_id = ids.next();
-    WriteOp::Send {
-        message: NewMessage {
-            msg_id,
-            from,
-            group: 0,
-            from_device: "bench".into(),
-            to,
-            client_msg_id: format!("c{msg_id}"),
-            content_type: "text/plain".into(),
-            content: Bytes::from(vec![b'x'; PAYLOAD]),
-        },
-        dedupe_since_ms: 0,
-        push: Default::default(),
-    }
-}
-
 fn open(durability: Durability) -> (tempfile::TempDir, SledStore, u64, u64) {
     let dir = tempfile::tempdir().expect("a temporary dir");
     let store = SledStore::open(dir.path(), durability).expect("the store opens");
@@ -170,22 +135,11 @@ fn append(c: &mut Criterion) {
         ("buffered", Durability::Buffered),
     ] {
         let (_dir, store, alice, bob) = open(durability);
-        let ids = Ids(Cell::new(0));
+        let ids = Ids::default();
         for batch in [1usize, 32, 256] {
             group.throughput(Throughput::Elements(batch as u64));
-            group.bench_function(BenchmarkId::new(mode, batch), |b| {
-                b.iter_batched(
-                    || {
-                        (0..batch)
-                            .map(|_| send_op(&ids, alice, bob))
-                            .collect::<Vec<_>>()
-                    },
-                    |ops| {
-                        store.apply(&ops).expect("applied");
-                        store.sync().expect("synced");
-                    },
-                    BatchSize::SmallInput,
-                )
+            apply_and_sync(&mut group, BenchmarkId::new(mode, batch), &store, || {
+                (0..batch).map(|_| send_op(&ids, alice, bob)).collect()
             });
         }
     }
@@ -198,24 +152,28 @@ fn append_pairs(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Elements(PAIRS as u64));
     let (_dir, store, _, _) = open(Durability::Fsync);
-    let users: Vec<u64> = (0..PAIRS * 2)
-        .map(|i| {
-            store
-                .create_user(&format!("u{i}"), "x", now_ms())
-                .expect("created")
-                .expect("new")
-                .id
-        })
-        .collect();
-    let ids = Ids(Cell::new(0));
-    group.bench_function(BenchmarkId::new("fsync", PAIRS), |b| {
+    let users = create_users(&store, "u", PAIRS * 2);
+    let ids = Ids::default();
+    apply_and_sync(&mut group, BenchmarkId::new("fsync", PAIRS), &store, || {
+        users
+            .chunks(2)
+            .map(|pair| send_op(&ids, pair[0], pair[1]))
+            .collect()
+    });
+    group.finish();
+}
+
+/// Times one `apply` of the ops `make` returns, then `sync` (the
+/// committer's group commit); making the ops is not timed.
+fn apply_and_sync(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    store: &SledStore,
+    make: impl Fn() -> Vec<WriteOp>,
+) {
+    group.bench_function(id, |b| {
         b.iter_batched(
-            || {
-                users
-                    .chunks(2)
-                    .map(|pair| send_op(&ids, pair[0], pair[1]))
-                    .collect::<Vec<_>>()
-            },
+            &make,
             |ops| {
                 store.apply(&ops).expect("applied");
                 store.sync().expect("synced");
@@ -223,7 +181,6 @@ fn append_pairs(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    group.finish();
 }
 
 fn pull_ack_collect(c: &mut Criterion) {
@@ -231,7 +188,7 @@ fn pull_ack_collect(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Elements(100));
     let (_dir, store, alice, bob) = open(Durability::Fsync);
-    let ids = Ids(Cell::new(0));
+    let ids = Ids::default();
     store
         .apply(&[WriteOp::Touch {
             user: bob,
@@ -277,20 +234,15 @@ fn pull_ack_collect(c: &mut Criterion) {
 }
 
 /// A store with `members` users in one group owned by the first.
-fn group_store(members: usize, large: bool) -> (tempfile::TempDir, SledStore, u64, u64) {
+/// A store with one group of `members`: its owner, its id, and the ids
+/// to send with (they go on from the group's creation, whose event took
+/// the first one: a second `Ids` could hand it out again).
+fn group_store(members: usize, large: bool) -> (tempfile::TempDir, SledStore, u64, u64, Ids) {
     let dir = tempfile::tempdir().expect("a temporary dir");
     let store = SledStore::open(dir.path(), Durability::Fsync).expect("the store opens");
-    let ids: Vec<u64> = (0..members)
-        .map(|i| {
-            store
-                .create_user(&format!("m{i}"), "x", now_ms())
-                .expect("created")
-                .expect("new")
-                .id
-        })
-        .collect();
+    let ids = create_users(&store, "m", members);
     let threshold = if large { 1 } else { members as u32 };
-    let msg_ids = Ids(Cell::new(0));
+    let msg_ids = Ids::default();
     let created = store
         .apply(&[WriteOp::CreateGroup {
             owner: ids[0],
@@ -307,7 +259,7 @@ fn group_store(members: usize, large: bool) -> (tempfile::TempDir, SledStore, u6
         other => panic!("create group: {other:?}"),
     };
     store.sync().expect("synced");
-    (dir, store, ids[0], group)
+    (dir, store, ids[0], group, msg_ids)
 }
 
 fn group_send(c: &mut Criterion) {
@@ -319,23 +271,13 @@ fn group_send(c: &mut Criterion) {
         ("large", true, &[10usize, 1_000, 10_000][..]),
     ] {
         for &members in sizes {
-            let (_dir, store, owner, group_id) = group_store(members, large);
-            let ids = Ids(Cell::new(0));
-            group.bench_function(BenchmarkId::new(kind, members), |b| {
-                b.iter_batched(
-                    || {
-                        let mut op = send_op(&ids, owner, 0);
-                        if let WriteOp::Send { message, .. } = &mut op {
-                            message.group = group_id;
-                        }
-                        op
-                    },
-                    |op| {
-                        store.apply(&[op]).expect("applied");
-                        store.sync().expect("synced");
-                    },
-                    BatchSize::SmallInput,
-                )
+            let (_dir, store, owner, group_id, ids) = group_store(members, large);
+            apply_and_sync(&mut group, BenchmarkId::new(kind, members), &store, || {
+                let mut op = send_op(&ids, owner, 0);
+                if let WriteOp::Send { message, .. } = &mut op {
+                    message.group = group_id;
+                }
+                vec![op]
             });
         }
     }

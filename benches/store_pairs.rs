@@ -14,21 +14,13 @@
 //! (The total includes sled's background threads, whose work depends on
 //! timing; the main thread's does not.) Temporary directories only.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+mod support;
 
-use bytes::Bytes;
-use pigeon_server::store::{
-    Durability, NewMessage, SledStore, Store, WriteOp, MSG_ID_COUNTER_BITS,
-};
+use pigeon_server::store::{Durability, SledStore, Store, WriteOp};
+
+use support::{create_users, send_op, Ids};
 
 const PAIRS: usize = 256;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as u64
-}
 
 fn main() {
     // `cargo bench` passes `--bench`; the first number is the batch count.
@@ -38,36 +30,12 @@ fn main() {
         .unwrap_or(30);
     let dir = tempfile::tempdir().expect("a temporary dir");
     let store = SledStore::open(dir.path(), Durability::Fsync).expect("the store opens");
-    let users: Vec<u64> = (0..PAIRS * 2)
-        .map(|i| {
-            store
-                .create_user(&format!("u{i}"), "x", now_ms())
-                .expect("created")
-                .expect("new")
-                .id
-        })
-        .collect();
-    let mut msg_id = now_ms() << MSG_ID_COUNTER_BITS;
+    let users = create_users(&store, "u", PAIRS * 2);
+    let ids = Ids::default();
     for _ in 0..batches {
         let ops: Vec<WriteOp> = users
             .chunks(2)
-            .map(|pair| {
-                msg_id += 1;
-                WriteOp::Send {
-                    message: NewMessage {
-                        msg_id,
-                        from: pair[0],
-                        group: 0,
-                        from_device: "bench".into(),
-                        to: pair[1],
-                        client_msg_id: format!("c{msg_id}"),
-                        content_type: "text/plain".into(),
-                        content: Bytes::from(vec![b'x'; 100]),
-                    },
-                    dedupe_since_ms: 0,
-                    push: Default::default(),
-                }
-            })
+            .map(|pair| send_op(&ids, pair[0], pair[1]))
             .collect();
         store.apply(&ops).expect("applied");
         store.sync().expect("synced");

@@ -459,39 +459,33 @@ impl SledStore {
             SCHEMA_VERSION => Ok(()),
             1 => {
                 let indexed = accounts::index_existing_tokens(&e.trees)?;
-                e.trees
-                    .meta
-                    .insert(META_SCHEMA_VERSION, &2u32.to_be_bytes())
-                    .map_err(from_sled)?;
-                self.fsync()?;
-                tracing::info!(tokens = indexed, "store migrated from schema 1 to 2");
-                self.migrate(2)
+                tracing::info!(tokens = indexed, "indexed the tokens of every user");
+                self.migrated_to(2)
             }
-            2 => {
-                // Groups and conversations start empty; bodies without the
-                // new fields decode as 1:1 chat messages.
-                e.trees
-                    .meta
-                    .insert(META_SCHEMA_VERSION, &3u32.to_be_bytes())
-                    .map_err(from_sled)?;
-                self.fsync()?;
-                tracing::info!("store migrated from schema 2 to 3");
-                self.migrate(3)
-            }
-            3 => {
-                e.trees
-                    .meta
-                    .insert(META_SCHEMA_VERSION, &4u32.to_be_bytes())
-                    .map_err(from_sled)?;
-                self.fsync()?;
-                tracing::info!("store migrated from schema 3 to 4");
-                self.migrate(4)
-            }
+            // Groups and conversations start empty; bodies without the new
+            // fields decode as 1:1 chat messages.
+            2 => self.migrated_to(3),
+            // A version 3 max seq record is never below the queue's top, so
+            // it reads right under the version 4 rule.
+            3 => self.migrated_to(4),
             _ => Err(StoreError::SchemaVersion {
                 found,
                 expected: SCHEMA_VERSION,
             }),
         }
+    }
+
+    /// Records (durably) that the store is now at `version`, then goes on
+    /// migrating from there.
+    fn migrated_to(&self, version: u32) -> Result<(), StoreError> {
+        self.engine()
+            .trees
+            .meta
+            .insert(META_SCHEMA_VERSION, &version.to_be_bytes())
+            .map_err(from_sled)?;
+        self.fsync()?;
+        tracing::info!("store migrated from schema {} to {version}", version - 1);
+        self.migrate(version)
     }
 
     /// Let pulls show messages up to `msg_id` (just made durable).
