@@ -38,6 +38,7 @@ macro_rules! store_contract_tests {
             send_assigns_gapless_seqs_in_both_queues_with_one_body,
             note_to_self_gets_one_entry_and_one_reference,
             duplicate_client_msg_id_returns_first_answer_and_writes_nothing,
+            a_reused_message_id_fails_the_batch_and_stores_nothing,
             expired_dedupe_record_does_not_dedupe,
             sends_to_one_user_in_one_batch_get_consecutive_seqs_in_op_order,
             refused_op_does_not_abort_the_batch,

@@ -44,6 +44,36 @@ pub fn note_to_self_gets_one_entry_and_one_reference(fx: &mut impl StoreFixture)
     assert_eq!(counts(&store), (0, 0));
 }
 
+/// A message id that is already stored (a broken id generator) fails the
+/// whole batch and stores nothing, whether the first use is in an earlier
+/// batch or the same one; an id below the floor that was never used is
+/// stored like any other.
+pub fn a_reused_message_id_fails_the_batch_and_stores_nothing(fx: &mut impl StoreFixture) {
+    let store = fx.open();
+    let (a, b) = (msg_id(10, 0), msg_id(20, 0));
+    apply_one(&store, send(1, 2, a));
+    apply_one(&store, send(1, 2, b));
+    let before = (counts(&store), seqs(&store, 1), seqs(&store, 3));
+
+    let again = send_keyed(1, 3, a, "another", 0);
+    assert!(store.apply(&[again]).is_err(), "id {a} is stored");
+    let twice = [
+        send_keyed(1, 3, msg_id(30, 0), "x", 0),
+        send_keyed(1, 3, msg_id(30, 0), "y", 0),
+    ];
+    assert!(store.apply(&twice).is_err(), "the batch uses an id twice");
+    assert_eq!((counts(&store), seqs(&store, 1), seqs(&store, 3)), before);
+
+    // Out of order, never stored: taken.
+    let late = msg_id(15, 0);
+    assert_eq!(
+        sent(&apply_one(&store, send(1, 3, late))),
+        (late, 3, 1, false)
+    );
+    assert_eq!(msg_ids(&store, 3), [late]);
+    assert_eq!(store.msg_id_floor().unwrap(), b);
+}
+
 /// A resend inside the window gets the first answer and stores nothing,
 /// also when both sends are in one batch.
 pub fn duplicate_client_msg_id_returns_first_answer_and_writes_nothing(fx: &mut impl StoreFixture) {

@@ -333,6 +333,10 @@ fn run(
             id: next_id - 1,
         }
     });
+    let floor = match t0.get(META_MSGID_FLOOR)? {
+        Some(raw) => tx(decode_u64("msgid floor", &raw))?,
+        None => 0,
+    };
     let mut batch = Batch {
         meta: t0,
         devices: t1,
@@ -357,6 +361,7 @@ fn run(
         new_seqs: HashMap::with_capacity(ops.len() * 2),
         new_devices: BTreeSet::new(),
         top_msg_id: 0,
+        floor,
     };
     let outcomes = ops
         .iter()
@@ -463,6 +468,9 @@ struct Batch<'a> {
     new_devices: BTreeSet<Vec<u8>>,
     /// The largest msg id of the batch's sends.
     top_msg_id: MsgId,
+    /// The msg id floor as the batch found it: no stored message has an id
+    /// above it (verify checks this).
+    floor: MsgId,
 }
 
 impl Batch<'_> {
@@ -597,6 +605,10 @@ impl Batch<'_> {
     /// and the two conversation records, plus the floor once per batch (a
     /// max seq is the queue's top, see `SledStore::max_seq`). A group message goes to `send_group`.
     fn send(&mut self, m: &NewMessage, dedupe_since_ms: u64) -> TxResult<WriteOutcome> {
+        // An id above the floor and above every id of this batch so far
+        // cannot be stored yet. The committer issues ids in increasing
+        // order, so every send it makes takes this path and skips a read.
+        let fresh = m.msg_id > self.floor.max(self.top_msg_id);
         // A resend's fresh id was also handed out, so it raises the floor too.
         self.top_msg_id = self.top_msg_id.max(m.msg_id);
         let dedupe_key = user_str_key(m.from, &m.client_msg_id);
@@ -616,7 +628,7 @@ impl Batch<'_> {
         }
         // Overwriting a body would orphan the queue entries counted in its
         // refcount: refuse a reused id (a broken id generator) outright.
-        if self.bodies.get(u64_key(m.msg_id))?.is_some() {
+        if !fresh && self.bodies.get(u64_key(m.msg_id))?.is_some() {
             return Err(corrupt(format!(
                 "message id {} is already stored",
                 m.msg_id
@@ -891,14 +903,7 @@ impl Batch<'_> {
 
     /// Writes the msg id floor if the batch went above it (once per batch).
     fn finish(&self) -> TxResult<()> {
-        if self.top_msg_id == 0 {
-            return Ok(());
-        }
-        let floor = match self.meta.get(META_MSGID_FLOOR)? {
-            Some(raw) => tx(decode_u64("msgid floor", &raw))?,
-            None => 0,
-        };
-        if self.top_msg_id > floor {
+        if self.top_msg_id > self.floor {
             self.meta
                 .insert(META_MSGID_FLOOR, &u64_key(self.top_msg_id)[..])?;
         }
