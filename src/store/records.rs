@@ -379,7 +379,35 @@ pub(crate) struct PushJobValue {
     pub generation: u64,
 }
 
-/// Value of `userpeer_conv` (user ++ peer is the key).
+/// Value of `pair_conv`: one 1:1 conversation, both users' view of it. The
+/// key is the lower user id ++ the higher (the same id twice for notes to
+/// self); `userpeer_conv` indexes it from both sides.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct PairConvValue {
+    /// The last message's conv seq.
+    #[prost(uint64, tag = "1")]
+    pub last_seq: u64,
+    /// The lower user id's read position.
+    #[prost(uint64, tag = "2")]
+    pub low_read_seq: u64,
+    /// The higher user id's read position (0 in a note-to-self record).
+    #[prost(uint64, tag = "3")]
+    pub high_read_seq: u64,
+    /// The last message.
+    #[prost(uint64, tag = "4")]
+    pub last_msg_id: u64,
+    /// Its sender.
+    #[prost(uint64, tag = "5")]
+    pub last_from: u64,
+    /// Last activity, ms.
+    #[prost(uint64, tag = "6")]
+    pub last_activity_ms: u64,
+}
+
+/// Value of `userpeer_conv` (user ++ peer is the key) up to schema 4, when
+/// each user of a pair had a record of their own; read only to migrate
+/// (schema 5 keeps the keys, with empty values, as the index of
+/// `pair_conv`).
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct ConvValue {
     /// The last message's conv seq.

@@ -23,7 +23,8 @@
 //! | `groupuser_member` | group (8 BE) ++ user (8 BE) | `MemberValue` (kept after leaving) |
 //! | `usergroup_joined` | user (8 BE) ++ group (8 BE) | empty (current memberships) |
 //! | `groupseq_msgid` | group (8 BE) ++ seq (8 BE) | msg id (8 BE): a large group's timeline |
-//! | `userpeer_conv` | user (8 BE) ++ peer (8 BE) | `ConvValue` (1:1 conversation) |
+//! | `userpeer_conv` | user (8 BE) ++ peer (8 BE) | empty: the user's 1:1 conversations (the index of `pair_conv`) |
+//! | `pair_conv` | lower user (8 BE) ++ higher user (8 BE) | `PairConvValue` (1:1 conversation, both sides) |
 //! | `userdevice_push` | user (8 BE) ++ device id | `PushTokenValue` |
 //! | `userdevice_pushjob` | user (8 BE) ++ device id | `PushJobValue` (the outbox, one per device) |
 //!
@@ -64,8 +65,9 @@ use std::time::{Duration, Instant};
 use sled::Tree;
 
 use super::records::{
-    decode, decode_u64, split_user_seq, split_user_str, u64_key, user_seq_key, user_str_key,
-    BodyValue, DedupeValue, DeviceValue, TokenValue, UserValue,
+    decode, decode_u64, pair_key, split_pair, split_user_seq, split_user_str, u64_key,
+    user_seq_key, user_str_key, BodyValue, ConvValue, DedupeValue, DeviceValue, PairConvValue,
+    TokenValue, UserValue,
 };
 use super::{
     msg_id_time_ms, BackupReport, CompactReport, Conversation, DeviceRecord, Durability, GroupId,
@@ -87,7 +89,10 @@ use manifest::{Committed, Manifest};
 /// reads the same under that rule (its records are never below the top),
 /// so its migration only writes the number; a version 3 build must refuse
 /// a version 4 store, whose records may be below the top.
-pub const SCHEMA_VERSION: u32 = 4;
+/// Version 5 keeps one conversation record per pair (`pair_conv`) instead
+/// of one per user of it, and `userpeer_conv` only indexes them; see
+/// [`SledStore::migrate_conversations`].
+pub const SCHEMA_VERSION: u32 = 5;
 
 const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 const META_MSGID_FLOOR: &[u8] = b"msgid_floor";
@@ -146,6 +151,7 @@ struct Trees {
     userpeer_conv: Tree,
     userdevice_push: Tree,
     userdevice_pushjob: Tree,
+    pair_conv: Tree,
 }
 
 impl Trees {
@@ -169,6 +175,7 @@ impl Trees {
             userpeer_conv: tree("userpeer_conv")?,
             userdevice_push: tree("userdevice_push")?,
             userdevice_pushjob: tree("userdevice_pushjob")?,
+            pair_conv: tree("pair_conv")?,
         })
     }
 }
@@ -468,6 +475,11 @@ impl SledStore {
             // A version 3 max seq record is never below the queue's top, so
             // it reads right under the version 4 rule.
             3 => self.migrated_to(4),
+            4 => {
+                let pairs = self.migrate_conversations()?;
+                tracing::info!(pairs, "one conversation record per pair");
+                self.migrated_to(5)
+            }
             _ => Err(StoreError::SchemaVersion {
                 found,
                 expected: SCHEMA_VERSION,
@@ -486,6 +498,50 @@ impl SledStore {
         self.fsync()?;
         tracing::info!("store migrated from schema {} to {version}", version - 1);
         self.migrate(version)
+    }
+
+    /// Schema 4 → 5: writes each pair's record from the two per-user
+    /// records, then empties those (their keys stay as the index). Safe to
+    /// re-run after a crash at any point before the version is written: a
+    /// pair's record only ever grows (every field merged by `merge_conv`),
+    /// and an emptied per-user record reads as all zeros, so running the
+    /// first pass again over a half-emptied index changes nothing. Returns
+    /// the number of pairs.
+    fn migrate_conversations(&self) -> Result<u64, StoreError> {
+        let e = self.engine();
+        let t = &e.trees;
+        let mut pairs = 0;
+        for item in t.userpeer_conv.iter() {
+            let (key, raw) = item.map_err(from_sled)?;
+            let (user, peer) = split_pair(&key)?;
+            let mine: ConvValue = decode("conversation", &raw)?;
+            let conv_key = social::conv_key(user, peer);
+            let mut pair = match t.pair_conv.get(conv_key).map_err(from_sled)? {
+                Some(raw) => decode("conversation", &raw)?,
+                None => {
+                    pairs += 1;
+                    PairConvValue::default()
+                }
+            };
+            social::merge_conv(&mut pair, user, peer, &mine);
+            t.pair_conv
+                .insert(conv_key, prost::Message::encode_to_vec(&pair))
+                .map_err(from_sled)?;
+            // A one-sided pair (never written so) still gets both keys.
+            let theirs = pair_key(peer, user);
+            if t.userpeer_conv.get(theirs).map_err(from_sled)?.is_none() {
+                t.userpeer_conv.insert(theirs, &[][..]).map_err(from_sled)?;
+            }
+        }
+        self.fsync()?;
+        for item in t.userpeer_conv.iter() {
+            let (key, raw) = item.map_err(from_sled)?;
+            if !raw.is_empty() {
+                t.userpeer_conv.insert(key, &[][..]).map_err(from_sled)?;
+            }
+        }
+        self.fsync()?;
+        Ok(pairs)
     }
 
     /// Let pulls show messages up to `msg_id` (just made durable).

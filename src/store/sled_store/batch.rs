@@ -158,8 +158,9 @@ fn scan_for_collect(
 
 /// The trees a batch writes, in the order of their ids in the write-ahead
 /// log's records (see `wal`). Append only: a record names a tree by its
-/// place here.
-fn logged_trees(trees: &Trees) -> [&Tree; 13] {
+/// place here. (Records of schema 4 and before wrote conversations into
+/// `userpeer_conv`, id 10; they are replayed before the migration runs.)
+fn logged_trees(trees: &Trees) -> [&Tree; 14] {
     [
         &trees.meta,
         &trees.userdevice_device,
@@ -174,6 +175,7 @@ fn logged_trees(trees: &Trees) -> [&Tree; 13] {
         &trees.userpeer_conv,
         &trees.userdevice_push,
         &trees.userdevice_pushjob,
+        &trees.pair_conv,
     ]
 }
 
@@ -239,7 +241,7 @@ pub(super) fn apply(
         social::scan_groups(trees, ops)?,
         social::scan_timelines(trees, ops)?,
     );
-    // Sized for a 1:1 send's six writes per op, so that a batch of sends
+    // Sized for a 1:1 send's five writes per op, so that a batch of sends
     // does not grow the map of its writes again and again.
     let log = RefCell::new(Log {
         record: Vec::with_capacity(ops.len() * WRITE_BYTES_PER_OP),
@@ -283,11 +285,11 @@ fn commit(trees: &Trees, record: &[u8]) -> Result<(), StoreError> {
         return Ok(());
     }
     let entries = wal::entries(record).map_err(StoreError::Corrupt)?;
-    let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12] = logged_trees(trees);
+    let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13] = logged_trees(trees);
     finish_tx(
-        (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12).transaction(|views| {
-            let (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12) = views;
-            let views = [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12];
+        (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13).transaction(|views| {
+            let (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13) = views;
+            let views = [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13];
             for entry in &entries {
                 let (wal::Entry::Insert { tree, .. } | wal::Entry::Remove { tree, .. }) = entry;
                 let Some(view) = views.get(usize::from(*tree)) else {
@@ -304,7 +306,7 @@ fn commit(trees: &Trees, record: &[u8]) -> Result<(), StoreError> {
 }
 
 /// Writes a 1:1 send makes (see [`Batch::send`]), to size a batch's log.
-const WRITES_PER_OP: usize = 6;
+const WRITES_PER_OP: usize = 5;
 /// Record bytes such a send takes with a 100-byte body.
 const WRITE_BYTES_PER_OP: usize = 512;
 
@@ -319,13 +321,13 @@ type Scans = (
 
 /// Runs `ops` over `views` (the trees in [`logged_trees`] order).
 fn run(
-    views: [(&Tree, &RefCell<Log>); 13],
+    views: [(&Tree, &RefCell<Log>); 14],
     queue_tops: QueueTops<'_>,
     (scans, group_scans, timeline_scans): &Scans,
     ops: &[WriteOp],
 ) -> TxResult<(Vec<WriteOutcome>, HashMap<UserId, Seq>)> {
     let mut next_id = 0;
-    let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12] = views.map(|(tree, log)| {
+    let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13] = views.map(|(tree, log)| {
         next_id += 1;
         LoggedTree {
             tree,
@@ -348,9 +350,10 @@ fn run(
         members: t7,
         joined: t8,
         timeline: t9,
-        convs: t10,
+        conv_index: t10,
         push_tokens: t11,
         push_jobs: t12,
+        convs: t13,
         scans,
         group_scans,
         timeline_scans,
@@ -447,9 +450,12 @@ struct Batch<'a> {
     members: LoggedTree<'a>,
     joined: LoggedTree<'a>,
     timeline: LoggedTree<'a>,
-    convs: LoggedTree<'a>,
+    /// `userpeer_conv`: the index of `convs` by user.
+    conv_index: LoggedTree<'a>,
     push_tokens: LoggedTree<'a>,
     push_jobs: LoggedTree<'a>,
+    /// `pair_conv`.
+    convs: LoggedTree<'a>,
     scans: &'a HashMap<UserId, CollectScan>,
     /// Current members of the groups the batch fans out to, as scanned
     /// before the transaction (see `social::scan_groups`).
@@ -602,8 +608,10 @@ impl Batch<'_> {
     }
 
     /// Writes per stored 1:1 message: body, two queue entries, dedupe record
-    /// and the two conversation records, plus the floor once per batch (a
-    /// max seq is the queue's top, see `SledStore::max_seq`). A group message goes to `send_group`.
+    /// and the pair's conversation record (and its two index keys with the
+    /// pair's first message), plus the floor once per batch (a max seq is
+    /// the queue's top, see `SledStore::max_seq`). A group message goes to
+    /// `send_group`.
     fn send(&mut self, m: &NewMessage, dedupe_since_ms: u64) -> TxResult<WriteOutcome> {
         // An id above the floor and above every id of this batch so far
         // cannot be stored yet. The committer issues ids in increasing

@@ -7,7 +7,7 @@ use std::ops::Bound;
 use super::{from_sled, SledStore, Trees};
 use crate::store::records::{
     decode, pair_key, split_pair, split_user_str, u64_key, BodyValue, ConvValue, EventValue,
-    GroupValue, MemberValue, PushJobValue, PushTokenValue,
+    GroupValue, MemberValue, PairConvValue, PushJobValue, PushTokenValue,
 };
 use crate::store::{
     Conversation, EntryKind, GroupEventKind, GroupEventRecord, GroupId, GroupRecord, MemberRecord,
@@ -209,24 +209,74 @@ pub(super) fn timeline(
     })
 }
 
-pub(super) fn conversation(peer: UserId, v: ConvValue) -> Conversation {
+/// The `pair_conv` key of the conversation of `a` and `b`, either way
+/// round: the lower id first.
+pub(super) fn conv_key(a: UserId, b: UserId) -> [u8; 16] {
+    pair_key(a.min(b), a.max(b))
+}
+
+/// `user`'s read position in their conversation with `peer`, then the
+/// peer's. In a note to self, the lower one's then the higher one's, which
+/// stays 0: nobody else reads it.
+pub(super) fn read_seqs_mut(
+    conv: &mut PairConvValue,
+    user: UserId,
+    peer: UserId,
+) -> (&mut Seq, &mut Seq) {
+    if user <= peer {
+        (&mut conv.low_read_seq, &mut conv.high_read_seq)
+    } else {
+        (&mut conv.high_read_seq, &mut conv.low_read_seq)
+    }
+}
+
+/// The conversation as `user` sees it.
+pub(super) fn conversation(user: UserId, peer: UserId, mut v: PairConvValue) -> Conversation {
+    let (read_seq, peer_read_seq) = read_seqs_mut(&mut v, user, peer);
+    let (read_seq, peer_read_seq) = (*read_seq, *peer_read_seq);
     Conversation {
         peer,
         last_seq: v.last_seq,
-        read_seq: v.read_seq,
-        peer_read_seq: v.peer_read_seq,
+        read_seq,
+        peer_read_seq,
         last_msg_id: v.last_msg_id,
         last_from: v.last_from,
         last_activity_ms: v.last_activity_ms,
     }
 }
 
+/// Merges `user`'s schema 4 record of their conversation with `peer` into
+/// the pair's record: the later last message, the higher read positions.
+/// Merging a record twice, or an all-zero one, changes nothing.
+pub(super) fn merge_conv(pair: &mut PairConvValue, user: UserId, peer: UserId, old: &ConvValue) {
+    if old.last_seq > pair.last_seq {
+        pair.last_seq = old.last_seq;
+        pair.last_msg_id = old.last_msg_id;
+        pair.last_from = old.last_from;
+        pair.last_activity_ms = old.last_activity_ms;
+    }
+    let (mine, theirs) = read_seqs_mut(pair, user, peer);
+    *mine = (*mine).max(old.read_seq);
+    *theirs = (*theirs).max(old.peer_read_seq);
+}
+
+/// `user`'s 1:1 conversations: the peers from the index, each pair's
+/// record from `pair_conv`.
 pub(super) fn conversations(trees: &Trees, user: UserId) -> Result<Vec<Conversation>, StoreError> {
     let mut found = Vec::new();
     for item in trees.userpeer_conv.scan_prefix(u64_key(user)) {
-        let (key, raw) = item.map_err(from_sled)?;
+        let (key, _) = item.map_err(from_sled)?;
         let (_, peer) = split_pair(&key)?;
-        found.push(conversation(peer, decode("conversation", &raw)?));
+        let Some(raw) = trees
+            .pair_conv
+            .get(conv_key(user, peer))
+            .map_err(from_sled)?
+        else {
+            return Err(StoreError::Corrupt(format!(
+                "user {user}'s conversation with {peer} is indexed but has no record"
+            )));
+        };
+        found.push(conversation(user, peer, decode("conversation", &raw)?));
     }
     Ok(found)
 }

@@ -6,6 +6,8 @@ use std::path::Path;
 use tempfile::TempDir;
 
 use super::{SledStore, META_SCHEMA_VERSION, SCHEMA_VERSION};
+
+mod conversations;
 use crate::store::contract::{msg_id, send, store_contract_tests, StoreFixture};
 use crate::store::{Durability, Store, StoreError};
 

@@ -12,13 +12,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::manifest::{self, Committed};
+use super::social::conv_key;
 use super::{
     catching_panics, files, from_sled, SledOptions, SledStore, META_MSGID_FLOOR,
     META_SCHEMA_VERSION,
 };
 use crate::store::records::{
-    decode, decode_u64, split_user_seq, split_user_str, u64_key, BodyValue, DedupeValue,
-    DeviceValue, TokenValue, UserValue,
+    decode, decode_u64, pair_key, split_pair, split_user_seq, split_user_str, u64_key, BodyValue,
+    DedupeValue, DeviceValue, PairConvValue, TokenValue, UserValue,
 };
 use crate::store::{Durability, StoreError};
 
@@ -253,6 +254,49 @@ fn walk(store: &SledStore, report: &mut VerifyReport) {
             Ok(())
         },
     );
+    check(report, "userpeer_conv", &t.userpeer_conv, &mut |k, v| {
+        let (user, peer) = split_pair(k).map_err(e)?;
+        if !v.is_empty() {
+            return Err(format!("index key {user} → {peer} has a value"));
+        }
+        let has = |tree: &sled::Tree, key: &[u8]| tree.get(key).map(|v| v.is_some());
+        match (
+            has(&t.pair_conv, &conv_key(user, peer)),
+            has(&t.userpeer_conv, &pair_key(peer, user)),
+        ) {
+            (Ok(true), Ok(true)) => Ok(()),
+            (Ok(false), _) => Err(format!("{user} → {peer}: the pair has no record")),
+            (_, Ok(false)) => Err(format!("{user} → {peer}: {peer} → {user} is missing")),
+            (Err(err), _) | (_, Err(err)) => Err(format!("{user} → {peer}: {}", from_sled(err))),
+        }
+    });
+    check(report, "pair_conv", &t.pair_conv, &mut |k, v| {
+        let (low, high) = split_pair(k).map_err(e)?;
+        let c = decode::<PairConvValue>("conversation", v).map_err(e)?;
+        if low > high {
+            return Err(format!("pair {low}, {high} is not in order"));
+        }
+        if c.low_read_seq.max(c.high_read_seq) > c.last_seq {
+            return Err(format!(
+                "pair {low}, {high}: read up to {} / {}, above the last message {}",
+                c.low_read_seq, c.high_read_seq, c.last_seq
+            ));
+        }
+        if c.last_msg_id > floor {
+            return Err(format!(
+                "pair {low}, {high}: last message id {} above the floor {floor}",
+                c.last_msg_id
+            ));
+        }
+        for (user, peer) in [(low, high), (high, low)] {
+            match t.userpeer_conv.get(pair_key(user, peer)) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(format!("pair {low}, {high} is not indexed for {user}")),
+                Err(err) => return Err(format!("pair {low}, {high}: {}", from_sled(err))),
+            }
+        }
+        Ok(())
+    });
     check(
         report,
         "usertokenhash_device",

@@ -15,10 +15,11 @@ use prost::Message;
 
 use super::{corrupt, tx, Batch, TxResult, META_NEXT_GROUP_ID};
 use crate::store::records::{
-    decode, decode_u64, pair_key, u64_key, BodyValue, ConvValue, GroupValue, MemberValue,
+    decode, decode_u64, pair_key, u64_key, BodyValue, GroupValue, MemberValue, PairConvValue,
 };
 use crate::store::sled_store::social::{
-    body_group, event_value, member_ids, KIND_CHAT, KIND_GROUP_EVENT, KIND_RECALL,
+    body_group, conv_key, event_value, member_ids, read_seqs_mut, KIND_CHAT, KIND_GROUP_EVENT,
+    KIND_RECALL,
 };
 use crate::store::sled_store::{from_sled, Trees};
 use crate::store::{
@@ -251,40 +252,37 @@ impl Batch<'_> {
         })
     }
 
-    /// The next conv seq of a 1:1 pair, written into both users'
-    /// conversation records (the sender's read position moves with it).
+    /// The next conv seq of a 1:1 pair, written into the pair's record (the
+    /// sender's read position moves with it). The pair's first message also
+    /// writes the index keys of both users.
     pub(super) fn advance_conversation(
         &mut self,
         from: UserId,
         to: UserId,
         msg_id: MsgId,
     ) -> TxResult<Seq> {
-        let now = msg_id_time_ms(msg_id);
-        let mine_key = pair_key(from, to);
-        let mut mine = self.conv_value(&mine_key)?.unwrap_or_default();
-        let mut theirs = if from == to {
-            None
-        } else {
-            Some(self.conv_value(&pair_key(to, from))?.unwrap_or_default())
+        let key = conv_key(from, to);
+        let mut conv = match self.conv_value(&key)? {
+            Some(conv) => conv,
+            None => {
+                self.conv_index.insert(&pair_key(from, to)[..], &[][..])?;
+                if from != to {
+                    self.conv_index.insert(&pair_key(to, from)[..], &[][..])?;
+                }
+                PairConvValue::default()
+            }
         };
-        let seq = mine.last_seq.max(theirs.as_ref().map_or(0, |t| t.last_seq)) + 1;
-        for conv in std::iter::once(&mut mine).chain(theirs.as_mut()) {
-            conv.last_seq = seq;
-            conv.last_msg_id = msg_id;
-            conv.last_from = from;
-            conv.last_activity_ms = now;
-        }
-        mine.read_seq = seq;
-        self.convs.insert(&mine_key[..], mine.encode_to_vec())?;
-        if let Some(mut theirs) = theirs {
-            theirs.peer_read_seq = seq;
-            self.convs
-                .insert(&pair_key(to, from)[..], theirs.encode_to_vec())?;
-        }
+        let seq = conv.last_seq + 1;
+        conv.last_seq = seq;
+        conv.last_msg_id = msg_id;
+        conv.last_from = from;
+        conv.last_activity_ms = msg_id_time_ms(msg_id);
+        *read_seqs_mut(&mut conv, from, to).0 = seq;
+        self.convs.insert(&key[..], conv.encode_to_vec())?;
         Ok(seq)
     }
 
-    fn conv_value(&self, key: &[u8]) -> TxResult<Option<ConvValue>> {
+    fn conv_value(&self, key: &[u8]) -> TxResult<Option<PairConvValue>> {
         match self.convs.get(key)? {
             Some(raw) => Ok(Some(tx(decode("conversation", &raw))?)),
             None => Ok(None),
@@ -627,8 +625,8 @@ impl Batch<'_> {
     ) -> TxResult<WriteOutcome> {
         match conversation {
             ConversationKey::Peer(peer) => {
-                let key = pair_key(user, peer);
-                let Some(mut mine) = self.conv_value(&key)? else {
+                let key = conv_key(user, peer);
+                let Some(mut conv) = self.conv_value(&key)? else {
                     if seq == 0 {
                         return Ok(WriteOutcome::ReadSet {
                             read_seq: 0,
@@ -638,28 +636,25 @@ impl Batch<'_> {
                     }
                     return refused(Refusal::BeyondMax { max_seq: 0 });
                 };
-                if seq > mine.last_seq {
+                if seq > conv.last_seq {
                     return refused(Refusal::BeyondMax {
-                        max_seq: mine.last_seq,
+                        max_seq: conv.last_seq,
                     });
                 }
-                let advanced = seq > mine.read_seq;
-                mine.read_seq = mine.read_seq.max(seq);
+                let (read_seq, _) = read_seqs_mut(&mut conv, user, peer);
+                let advanced = seq > *read_seq;
+                *read_seq = (*read_seq).max(seq);
+                let read_seq = *read_seq;
                 let mut receipt_to = None;
                 if advanced {
-                    self.convs.insert(&key[..], mine.encode_to_vec())?;
-                    let theirs_key = pair_key(peer, user);
+                    self.convs.insert(&key[..], conv.encode_to_vec())?;
                     if peer != user {
-                        if let Some(mut theirs) = self.conv_value(&theirs_key)? {
-                            theirs.peer_read_seq = theirs.peer_read_seq.max(mine.read_seq);
-                            self.convs.insert(&theirs_key[..], theirs.encode_to_vec())?;
-                        }
                         receipt_to = Some(peer);
                     }
                 }
                 Ok(WriteOutcome::ReadSet {
-                    read_seq: mine.read_seq,
-                    unread: mine.last_seq - mine.read_seq,
+                    read_seq,
+                    unread: conv.last_seq - read_seq,
                     receipt_to,
                 })
             }
