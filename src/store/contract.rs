@@ -51,6 +51,7 @@ macro_rules! store_contract_tests {
             collect_ignores_inactive_devices,
             collect_keeps_everything_without_an_active_device,
             collect_keeps_retained_history,
+            collect_of_a_queue_wholly_retained_takes_nothing,
             collect_respects_limit_and_reports_more,
             collecting_the_top_keeps_the_max_seq,
             body_is_deleted_only_with_its_last_reference,

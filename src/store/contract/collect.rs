@@ -119,6 +119,35 @@ pub fn collect_keeps_retained_history(fx: &mut impl StoreFixture) {
     assert_eq!(seqs(&store, 2), [3, 4]);
 }
 
+/// A queue whose oldest entry is within the retention period gives nothing
+/// back, whatever the cursors say and whatever else its batch does; once
+/// the cut-off passes, the same queue is collected as usual.
+pub fn collect_of_a_queue_wholly_retained_takes_nothing(fx: &mut impl StoreFixture) {
+    let store = fx.open();
+    let ids = fill(&store, 3);
+    apply_one(&store, ack(2, "a", 3, 9000));
+    let batch = apply(
+        &store,
+        &[
+            touch(2, "b", 3, 9100),
+            ack(2, "b", 3, 9100),
+            collect(2, 0, msg_id_time_ms(ids[0]), 100),
+            send(1, 2, msg_id(9200, 0)),
+            collect(2, 0, msg_id_time_ms(ids[0]), 100),
+        ],
+    );
+    assert_eq!(batch[2], collected(0, 0, false));
+    assert_eq!(batch[4], collected(0, 0, false));
+    assert_eq!(seqs(&store, 2), [1, 2, 3, 4]);
+    // The first two are older than the cut-off now; 3 and 4 are not. (The
+    // bodies stay: the sender's queue holds them too.)
+    assert_eq!(
+        apply_one(&store, collect(2, 0, msg_id_time_ms(ids[2]), 100)),
+        collected(2, 0, false)
+    );
+    assert_eq!(seqs(&store, 2), [3, 4]);
+}
+
 /// At most `limit` entries go per op; `more` says whether some remain.
 pub fn collect_respects_limit_and_reports_more(fx: &mut impl StoreFixture) {
     let store = fx.open();

@@ -111,7 +111,11 @@ fn collect_reach(ops: &[WriteOp]) -> HashMap<UserId, CollectReach> {
 /// might delete. The scan stops at the first entry that is too recent for
 /// the retention period or above every device's cursor: entries only get
 /// newer and higher from there, so a pull or ack on a long retained queue
-/// costs one entry read, not a scan of the queue.
+/// costs one entry read, not a scan of the queue. When the queue's first
+/// entry is already too recent (every Collect within the history
+/// retention, the usual case), nothing can go and the devices are not read
+/// either: a scan of them and a read of each in the batch were most of the
+/// cost of a Collect that deletes nothing.
 fn scan_for_collect(
     trees: &Trees,
     ops: &[WriteOp],
@@ -120,6 +124,18 @@ fn scan_for_collect(
     let mut scans = HashMap::with_capacity(reach.len());
     for (user, r) in reach {
         let need = r.need.saturating_add(1);
+        let mut entries = trees.userseq_msgid.scan_prefix(u64_key(user)).peekable();
+        if let Some(Ok((_, value))) = entries.peek() {
+            if msg_id_time_ms(decode_u64("queue entry", value)?) >= r.retain_since_ms {
+                let retained = CollectScan {
+                    seqs: Vec::new(),
+                    complete: false,
+                    devices: Vec::new(),
+                };
+                scans.insert(user, retained);
+                continue;
+            }
+        }
         let mut devices = Vec::new();
         let mut highest_cursor = r.acked_in_batch;
         for item in trees.userdevice_device.scan_prefix(u64_key(user)) {
@@ -130,7 +146,7 @@ fn scan_for_collect(
         }
         let mut seqs = Vec::new();
         let mut stopped = false;
-        for item in trees.userseq_msgid.scan_prefix(u64_key(user)) {
+        for item in entries {
             if seqs.len() == need {
                 break;
             }
