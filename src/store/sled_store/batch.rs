@@ -351,10 +351,6 @@ fn run(
             id: next_id - 1,
         }
     });
-    let floor = match t0.get(META_MSGID_FLOOR)? {
-        Some(raw) => tx(decode_u64("msgid floor", &raw))?,
-        None => 0,
-    };
     let mut batch = Batch {
         meta: t0,
         devices: t1,
@@ -380,7 +376,7 @@ fn run(
         new_seqs: HashMap::with_capacity(ops.len() * 2),
         new_devices: BTreeSet::new(),
         top_msg_id: 0,
-        floor,
+        floor: None,
     };
     let outcomes = ops
         .iter()
@@ -490,9 +486,9 @@ struct Batch<'a> {
     new_devices: BTreeSet<Vec<u8>>,
     /// The largest msg id of the batch's sends.
     top_msg_id: MsgId,
-    /// The msg id floor as the batch found it: no stored message has an id
-    /// above it (verify checks this).
-    floor: MsgId,
+    /// The msg id floor as the batch found it, once a send has read it: no
+    /// stored message has an id above it (verify checks this).
+    floor: Option<MsgId>,
 }
 
 impl Batch<'_> {
@@ -632,7 +628,7 @@ impl Batch<'_> {
         // An id above the floor and above every id of this batch so far
         // cannot be stored yet. The committer issues ids in increasing
         // order, so every send it makes takes this path and skips a read.
-        let fresh = m.msg_id > self.floor.max(self.top_msg_id);
+        let fresh = m.msg_id > self.floor()?.max(self.top_msg_id);
         // A resend's fresh id was also handed out, so it raises the floor too.
         self.top_msg_id = self.top_msg_id.max(m.msg_id);
         let dedupe_key = user_str_key(m.from, &m.client_msg_id);
@@ -925,9 +921,26 @@ impl Batch<'_> {
         Ok(false)
     }
 
+    /// The msg id floor as the batch found it (read once per batch, and
+    /// only by a batch that stores messages).
+    fn floor(&mut self) -> TxResult<MsgId> {
+        if let Some(floor) = self.floor {
+            return Ok(floor);
+        }
+        let floor = match self.meta.get(META_MSGID_FLOOR)? {
+            Some(raw) => tx(decode_u64("msgid floor", &raw))?,
+            None => 0,
+        };
+        self.floor = Some(floor);
+        Ok(floor)
+    }
+
     /// Writes the msg id floor if the batch went above it (once per batch).
-    fn finish(&self) -> TxResult<()> {
-        if self.top_msg_id > self.floor {
+    fn finish(&mut self) -> TxResult<()> {
+        if self.top_msg_id == 0 {
+            return Ok(());
+        }
+        if self.top_msg_id > self.floor()? {
             self.meta
                 .insert(META_MSGID_FLOOR, &u64_key(self.top_msg_id)[..])?;
         }
