@@ -594,9 +594,10 @@ fn to_wire_message(d: Delivered) -> pb::Message {
         seq: m.seq,
         msg_id: m.msg_id,
         from_user_id: m.from,
-        from_username: d.from_name.to_string(),
+        // Not `to_string()`: on an `Arc<str>` that goes through `Display`.
+        from_username: String::from(&*d.from_name),
         to_user_id: m.to,
-        to_username: d.to_name.to_string(),
+        to_username: String::from(&*d.to_name),
         from_device_id: m.from_device,
         content_type: m.content_type,
         content: m.content,
