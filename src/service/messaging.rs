@@ -367,12 +367,8 @@ impl Messaging {
     /// send path that read was ~9 % of a connection thread's instructions
     /// per delivery (docs/performance.md).
     fn resolve(&self, to: &Recipient) -> Result<UserId, ServiceError> {
-        if let Recipient::Id(id) = to {
-            if self.known(*id) {
-                return Ok(*id);
-            }
-        }
         let user = match to {
+            Recipient::Id(id) if self.known(*id) => return Ok(*id),
             Recipient::Id(id) => self.store.user(*id)?,
             Recipient::Name(name) => self.store.user_by_name(name)?,
             Recipient::Group(group) => {
