@@ -708,6 +708,12 @@ impl Metrics {
             "Bytes in the write-ahead log segment being written.",
             scrape.wal.segment_bytes as i64,
         );
+        gauge(
+            o,
+            "pigeon_wal_direct_io",
+            "1 if the write-ahead log writes with O_DIRECT and O_DSYNC, 0 if it appends and fdatasyncs.",
+            i64::from(scrape.wal.direct),
+        );
         let name = "pigeon_commit_phase_seconds_total";
         header(
             o,

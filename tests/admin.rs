@@ -503,6 +503,9 @@ async fn metrics_are_scraped_and_counters_move_with_traffic() {
         assert!(after.contains_key(name), "{name} is scraped");
     }
     assert_eq!(get(&after, "pigeon_wal_replayed_records"), 0.0);
+    // The test's data directory is on the machine's disk (ext4), where the
+    // log writes with O_DIRECT.
+    assert_eq!(get(&after, "pigeon_wal_direct_io"), 1.0);
     // Every durable batch works out, logs and applies: each phase took time.
     for phase in ["work", "log", "apply"] {
         let series = format!("pigeon_commit_phase_seconds_total{{phase=\"{phase}\"}}");

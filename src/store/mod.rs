@@ -595,10 +595,13 @@ pub struct WalTotals {
     /// Microseconds the writer spent working batches out against the
     /// store (reads, the record's encoding), summed.
     pub work_us: u64,
-    /// Microseconds spent writing and fdatasyncing records, summed.
+    /// Microseconds spent writing records durably, summed.
     pub log_us: u64,
     /// Microseconds spent applying records to the engine, summed.
     pub apply_us: u64,
+    /// Whether records go to the disk with `O_DIRECT | O_DSYNC` (false:
+    /// appends and `fdatasync`, where the filesystem refuses it).
+    pub direct: bool,
 }
 
 /// The storage interface of the messaging code.

@@ -119,6 +119,10 @@ pub struct SledOptions {
     /// write-ahead log and the log's older segments deleted (see [`wal`]).
     /// It bounds the log a crash leaves to replay.
     pub checkpoint_every: Duration,
+    /// Whether the write-ahead log writes with `O_DIRECT | O_DSYNC` into
+    /// prepared files where the filesystem allows it (otherwise it appends
+    /// and fdatasyncs); see [`wal`]. Off only to test the other way.
+    pub direct_log: bool,
 }
 
 impl Default for SledOptions {
@@ -128,6 +132,7 @@ impl Default for SledOptions {
             flush_every_ms: Some(500),
             min_free_bytes: 32 * 1024 * 1024,
             checkpoint_every: Duration::from_secs(1),
+            direct_log: true,
         }
     }
 }
@@ -357,6 +362,7 @@ impl SledStore {
                 path,
                 recovered.next_lsn,
                 options.checkpoint_every,
+                options.direct_log,
                 engine.clone(),
                 failed.clone(),
             )?)),
@@ -1136,6 +1142,7 @@ impl Store for SledStore {
             totals.work_us = stats.work_us.load(Relaxed);
             totals.log_us = stats.log_us.load(Relaxed);
             totals.apply_us = stats.apply_us.load(Relaxed);
+            totals.direct = stats.direct.load(Relaxed);
         }
         totals
     }

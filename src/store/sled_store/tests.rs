@@ -676,21 +676,46 @@ fn quiet_options() -> super::SledOptions {
     }
 }
 
-fn segments(data: &Path) -> Vec<std::path::PathBuf> {
+/// The log's files: its segments, and the spare if `spare`.
+fn wal_files(data: &Path, spare: bool) -> Vec<std::path::PathBuf> {
     let mut found: Vec<_> = std::fs::read_dir(data.join(super::wal::WAL_DIR))
         .map(|listing| listing.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
+    found.retain(|path| spare || path.extension().is_some_and(|e| e == "log"));
     found.sort();
     found
+}
+
+fn segments(data: &Path) -> Vec<std::path::PathBuf> {
+    wal_files(data, false)
+}
+
+/// The first lsn of a segment, from its name.
+fn first_lsn(segment: &Path) -> u64 {
+    let stem = segment.file_stem().unwrap().to_str().unwrap();
+    stem.parse().unwrap()
+}
+
+/// Where the records of the segment `bytes` end.
+fn records_end(segment: &Path, bytes: &[u8]) -> usize {
+    let found = super::wal::frames(bytes, first_lsn(segment));
+    found.last().expect("a record").1.end
 }
 
 /// A store with `sent` messages to user 2 answered (synced), and a copy of
 /// its data directory taken before any of them: sled's files as a crash
 /// may leave them when none of sled's own writes reached the disk.
 fn sled_behind_the_log(sent: u64) -> (TempDir, SledStore, std::path::PathBuf) {
+    sled_behind_the_log_with(sent, &quiet_options())
+}
+
+fn sled_behind_the_log_with(
+    sent: u64,
+    options: &super::SledOptions,
+) -> (TempDir, SledStore, std::path::PathBuf) {
     let dir = TempDir::new().unwrap();
     let data = dir.path().join("data");
-    let store = SledStore::open_with(&data, Durability::Fsync, &quiet_options()).unwrap();
+    let store = SledStore::open_with(&data, Durability::Fsync, options).unwrap();
     let before = dir.path().join("before");
     copy_data(&data, &before);
     for n in 0..sent {
@@ -710,29 +735,36 @@ fn take_log(data: &Path, copy: &Path) -> std::path::PathBuf {
 
 #[test]
 fn the_log_restores_answered_batches_sled_lost() {
-    let (dir, store, before) = sled_behind_the_log(5);
-    assert!(store.wal_totals().segment_bytes > 0);
-    let segment = take_log(&dir.path().join("data"), &before);
-    // A record the crash cut short: never answered, so it is dropped.
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&segment)
-        .unwrap();
-    std::io::Write::write_all(&mut file, &[40, 0, 0, 0, 1, 2, 3]).unwrap();
-    drop(file);
-    drop(store);
+    for direct_log in [true, false] {
+        let options = super::SledOptions {
+            direct_log,
+            ..quiet_options()
+        };
+        let (dir, store, before) = sled_behind_the_log_with(5, &options);
+        assert!(store.wal_totals().segment_bytes > 0);
+        assert_eq!(store.wal_totals().direct, direct_log);
+        let segment = take_log(&dir.path().join("data"), &before);
+        // A record the crash cut short: never answered, so it is dropped.
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let end = records_end(&segment, &bytes);
+        let cut = [40, 0, 0, 0, 1, 2, 3];
+        bytes.resize(bytes.len().max(end + cut.len()), 0);
+        bytes[end..end + cut.len()].copy_from_slice(&cut);
+        std::fs::write(&segment, &bytes).unwrap();
+        drop(store);
 
-    let reopened = SledStore::open_with(&before, Durability::Fsync, &quiet_options()).unwrap();
-    assert_eq!(reopened.wal_totals().replayed_at_open, 5);
-    assert_eq!(reopened.max_seq(2).unwrap(), 5);
-    let page = reopened.pull(2, 0, 10).unwrap();
-    let ids: Vec<_> = page.messages.iter().map(|m| m.msg_id).collect();
-    assert_eq!(ids, (1..=5).map(|n| msg_id(n, 0)).collect::<Vec<_>>());
-    // Recovery made sled durable and began a new log.
-    assert_eq!(segments(&before).len(), 1);
-    reopened.apply(&[send(1, 2, msg_id(9, 0))]).unwrap();
-    reopened.sync().unwrap();
-    assert_eq!(reopened.max_seq(2).unwrap(), 6);
+        let reopened = SledStore::open_with(&before, Durability::Fsync, &options).unwrap();
+        assert_eq!(reopened.wal_totals().replayed_at_open, 5);
+        assert_eq!(reopened.max_seq(2).unwrap(), 5);
+        let page = reopened.pull(2, 0, 10).unwrap();
+        let ids: Vec<_> = page.messages.iter().map(|m| m.msg_id).collect();
+        assert_eq!(ids, (1..=5).map(|n| msg_id(n, 0)).collect::<Vec<_>>());
+        // Recovery made sled durable and began a new log.
+        assert_eq!(segments(&before).len(), 1);
+        reopened.apply(&[send(1, 2, msg_id(9, 0))]).unwrap();
+        reopened.sync().unwrap();
+        assert_eq!(reopened.max_seq(2).unwrap(), 6);
+    }
 }
 
 #[test]
@@ -742,8 +774,8 @@ fn a_log_that_does_not_reach_back_to_sled_is_refused() {
     drop(store);
     // Drop the first two records, as if their segment were lost.
     let bytes = std::fs::read(&segment).unwrap();
-    let (frames, torn) = super::wal::frames(&bytes);
-    assert!(!torn);
+    let frames = super::wal::frames(&bytes, 1);
+    assert_eq!(frames.len(), 4);
     let third = frames[2].1.start - 16;
     std::fs::write(&segment, &bytes[third..]).unwrap();
 
@@ -762,7 +794,7 @@ fn a_damaged_record_before_the_newest_segment_is_refused() {
     let segment = take_log(&dir.path().join("data"), &before);
     drop(store);
     let mut bytes = std::fs::read(&segment).unwrap();
-    let last = bytes.len() - 1;
+    let last = records_end(&segment, &bytes) - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&segment, &bytes).unwrap();
     // A newer segment after it: the damage is no longer a torn tail.
@@ -780,7 +812,7 @@ fn a_clean_close_leaves_nothing_to_replay() {
     let data = dir.path().join("data");
     assert_eq!(segments(&data).len(), 1);
     drop(store);
-    assert!(segments(&data).is_empty());
+    assert!(wal_files(&data, true).is_empty());
     let reopened = SledStore::open_with(&data, Durability::Fsync, &quiet_options()).unwrap();
     assert_eq!(reopened.wal_totals().replayed_at_open, 0);
     assert_eq!(reopened.max_seq(2).unwrap(), 3);
@@ -820,4 +852,72 @@ fn the_checkpointer_deletes_segments_sled_has_made_redundant() {
     drop(store);
     let reopened = SledStore::open_with(&copy, Durability::Fsync, &quiet_options()).unwrap();
     assert_eq!(reopened.max_seq(2).unwrap(), n);
+}
+
+/// Whether bytes past the block of a segment's last record are not all
+/// zero: the segment is a recycled file that still holds older frames.
+fn holds_older_frames(segment: &Path) -> bool {
+    let bytes = std::fs::read(segment).unwrap();
+    let end = records_end(segment, &bytes);
+    let block = super::wal::BLOCK;
+    bytes[end.next_multiple_of(block)..].iter().any(|b| *b != 0)
+}
+
+#[test]
+fn a_recycled_segment_replays_only_its_own_records() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let options = super::SledOptions {
+        checkpoint_every: std::time::Duration::ZERO,
+        ..quiet_options()
+    };
+    let store = SledStore::open_with(&data, Durability::Fsync, &options).unwrap();
+    assert!(store.wal_totals().direct);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // Every sync may start a new segment, from the spare once a checkpoint
+    // has made one. Batches of 1 and of 40 sends make segments of unequal
+    // sizes, until the one being written is shorter than the file it took
+    // over.
+    let mut n = 0;
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        let sends = if round.is_multiple_of(4) { 40 } else { 1 };
+        let batch: Vec<_> = (0..sends)
+            .map(|_| {
+                n += 1;
+                send(1, 2, msg_id(n, 0))
+            })
+            .collect();
+        store.apply(&batch).unwrap();
+        store.sync().unwrap();
+        let newest = segments(&data).pop().expect("a segment");
+        if store.wal_totals().segment_bytes > 0 && holds_older_frames(&newest) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recycled segment in 20 s"
+        );
+    }
+    // The directory as a crash leaves it: the older frames past the
+    // newest records are not replayed over them, and nothing is refused.
+    let copy = dir.path().join("copy");
+    copy_data(&data, &copy);
+    drop(store);
+    let newest = segments(&copy).pop().unwrap();
+    assert!(holds_older_frames(&newest), "the copy holds them too");
+    let reopened = SledStore::open_with(&copy, Durability::Fsync, &quiet_options()).unwrap();
+    assert_eq!(reopened.max_seq(2).unwrap(), n);
+    let mut ids = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = reopened.pull(2, after, 500).unwrap();
+        let Some(last) = page.messages.last() else {
+            break;
+        };
+        after = last.seq;
+        ids.extend(page.messages.iter().map(|m| m.msg_id));
+    }
+    assert_eq!(ids, (1..=n).map(|k| msg_id(k, 0)).collect::<Vec<_>>());
 }

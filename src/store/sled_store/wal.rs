@@ -9,13 +9,15 @@
 //! buffer writes is a `pwrite` plus a waiting `sync_file_range` on one of
 //! sled's io threads, which sled wakes all together; at 5,000 sends/s
 //! strace counted ~1,100 such writes a second besides the flushes. One
-//! append and `fdatasync` of a file of our own replaces all of it.
+//! durable write to a file of our own replaces all of it (`O_DIRECT |
+//! O_DSYNC` into a prepared file where the filesystem allows, else an
+//! append and `fdatasync`: see `segment`).
 //!
 //! The order, per [`Store::apply`](crate::store::Store::apply) batch (see
 //! `batch::apply`): the batch is worked out against sled plus its own
 //! writes so far, without touching sled; its writes become one record with
 //! the next log sequence number (lsn), the last entry writing that lsn into
-//! `meta` under [`META_WAL_LSN`]; the record is appended and fdatasynced;
+//! `meta` under [`META_WAL_LSN`]; the record is appended, durably;
 //! only then are its writes applied to sled, in order, as plain inserts and
 //! removes. So sled never holds a write the log could lose, sled's lsn says
 //! which record it holds last (once sled holds that write it holds every
@@ -34,15 +36,19 @@
 //! [`SEGMENT_MAX_BYTES`] long), the checkpointer is idle and every record
 //! in it is applied to sled, the writer starts the next segment and hands
 //! the old one to the checkpointer thread, which makes sled durable (flush
-//! and fsyncs) and deletes it.
+//! and fsyncs) and then deletes the segment, or in direct mode keeps it as
+//! `wal/spare`, the next segment's file. After the last record, a segment
+//! holds zeros or, recycled, older frames (see [`frames`]).
 //!
 //! Recovery, at every open: read sled's lsn L, replay the records above L
 //! in order (they must follow L without a gap, or sled's files are damaged
 //! or older than the log, and the store refuses to open), make sled
-//! durable, delete the segments and start a new one. A frame cut short or
-//! failing its checksum ends the log only at the tail of the newest
-//! segment (a write the crash interrupted, never answered); anywhere else
-//! it is corruption.
+//! durable, delete the segments and start a new one. A segment's records
+//! end at the first frame cut short, failing its checksum or older than
+//! the one before. At the newest segment's end that is a write the crash
+//! interrupted, never answered; before a newer segment it is corruption,
+//! found because each segment is named by its first lsn and must begin
+//! where the one before it ended.
 //!
 //! Writes outside batches (users, tokens, password and disabled flags) stay
 //! sled transactions made durable by sled's own flush and fsyncs: they are
@@ -52,14 +58,21 @@
 //!
 //! Owns the `wal` directory; knows nothing of the records' meaning.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+mod segment;
+
+#[cfg(test)]
+pub(super) use segment::BLOCK;
+
+use std::fs::{self, File};
+use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use segment::Segment;
 
 use super::{from_sled, Engine, Trees};
 use crate::store::records::decode_u64;
@@ -181,31 +194,49 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     Ok(found)
 }
 
-/// The frames of one segment: `(lsn, payload after the lsn)`, and whether
-/// the segment ended in a frame that is cut short or fails its checksum.
-pub(super) fn frames(bytes: &[u8]) -> (Vec<(u64, Range<usize>)>, bool) {
+/// The frames of the segment whose first record is `first_lsn`: `(lsn,
+/// payload after the lsn)`, up to the first frame that is cut short, fails
+/// its checksum, or has a lower lsn than the one expected (what a recycled
+/// segment holds past its records: see `segment`). Zeros end them too (a
+/// length of 0). A frame whose lsn is higher than expected is returned:
+/// records are missing, and [`recover`] says so.
+pub(super) fn frames(bytes: &[u8], first_lsn: u64) -> Vec<(u64, Range<usize>)> {
     let mut out = Vec::new();
     let mut at = 0;
+    let mut expected = first_lsn;
     while at < bytes.len() {
         let rest = &bytes[at..];
         if rest.len() < FRAME_HEADER + 8 {
-            return (out, true);
+            break;
         }
         let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         if len < 8 || rest.len() < FRAME_HEADER + len {
-            return (out, true);
+            break;
         }
         let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
         if crc32fast::hash(payload) != crc {
-            return (out, true);
+            break;
         }
         let lsn = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
+        if lsn < expected {
+            break;
+        }
         let start = at + FRAME_HEADER + 8;
         out.push((lsn, start..at + FRAME_HEADER + len));
         at += FRAME_HEADER + len;
+        expected = lsn + 1;
     }
-    (out, false)
+    out
+}
+
+fn missing(path: &Path, from: u64, to: u64) -> StoreError {
+    corrupt(
+        path,
+        format!(
+            "records {from} to {to} are missing: sled's files are damaged, or older than the log"
+        ),
+    )
 }
 
 /// What [`recover`] did.
@@ -233,29 +264,19 @@ pub(super) fn recover(data: &Path, engine: &Engine) -> Result<Recovered, StoreEr
     let sled_holds = sled_lsn(&engine.trees)?;
     let mut last = sled_holds;
     let mut replayed = 0;
-    for (i, (_, path)) in found.iter().enumerate() {
-        let bytes = fs::read(path).map_err(|e| io_error("cannot read", path, e))?;
-        let (frames, torn) = frames(&bytes);
-        if torn && i + 1 < found.len() {
-            return Err(corrupt(
-                path,
-                "a damaged record before the newest segment".into(),
-            ));
+    for (first, path) in &found {
+        // A segment begins where the one before ended: a gap means a
+        // damaged record at the end of that one, or a lost segment.
+        if *first > last + 1 {
+            return Err(missing(path, last + 1, first - 1));
         }
-        for (lsn, payload) in frames {
+        let bytes = fs::read(path).map_err(|e| io_error("cannot read", path, e))?;
+        for (lsn, payload) in frames(&bytes, *first) {
             if lsn <= last {
                 continue;
             }
             if lsn != last + 1 {
-                return Err(corrupt(
-                    path,
-                    format!(
-                        "records {} to {} are missing: sled's files are damaged, or older than \
-                         the log",
-                        last + 1,
-                        lsn - 1
-                    ),
-                ));
+                return Err(missing(path, last + 1, lsn - 1));
             }
             apply_record(&engine.trees, &bytes[payload]).map_err(|e| match e {
                 StoreError::Corrupt(what) => corrupt(path, what),
@@ -322,35 +343,6 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| io_error("cannot fsync", dir, e))
 }
 
-/// The segment being appended to.
-struct Segment {
-    file: File,
-    path: PathBuf,
-    bytes: u64,
-    started: Instant,
-}
-
-impl Segment {
-    /// Creates the segment whose first record is `first_lsn`, durably (the
-    /// directory entry is fsynced before any record in it is).
-    fn create(dir: &Path, first_lsn: u64) -> Result<Segment, StoreError> {
-        let path = dir.join(segment_name(first_lsn));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_error("cannot create", &path, e))?;
-        sync_dir(dir)?;
-        Ok(Segment {
-            file,
-            path,
-            bytes: 0,
-            started: Instant::now(),
-        })
-    }
-}
-
 /// Counters of the log, shared with the checkpointer thread and read by
 /// metrics without taking the writer's lock.
 #[derive(Default)]
@@ -363,6 +355,8 @@ pub(super) struct WalStats {
     pub work_us: AtomicU64,
     pub log_us: AtomicU64,
     pub apply_us: AtomicU64,
+    /// Whether the segment being written is direct (see `segment`).
+    pub direct: AtomicBool,
 }
 
 impl WalStats {
@@ -387,16 +381,21 @@ pub(super) struct Wal {
     pending: Vec<u8>,
     next_lsn: u64,
     every: Duration,
+    /// Whether new segments are direct (see `segment`): asked for, and
+    /// the filesystem took the first one.
+    direct: bool,
     checkpointer: Checkpointer,
     stats: Arc<WalStats>,
 }
 
 impl Wal {
-    /// Starts a new segment after [`recover`] and the checkpointer thread.
+    /// Starts a new segment after [`recover`] and the checkpointer thread;
+    /// `direct` asks for direct segments where the filesystem allows them.
     pub(super) fn start(
         data: &Path,
         next_lsn: u64,
         every: Duration,
+        direct: bool,
         engine: Arc<RwLock<Arc<Engine>>>,
         failed: Arc<Mutex<Option<String>>>,
     ) -> Result<Wal, StoreError> {
@@ -405,15 +404,23 @@ impl Wal {
             fs::create_dir(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
             sync_dir(data)?;
         }
-        let segment = Segment::create(&dir, next_lsn)?;
+        let segment = Segment::create(&dir, next_lsn, direct)?;
+        if direct && !segment.is_direct() {
+            tracing::info!(
+                dir = %dir.display(),
+                "the filesystem refuses O_DIRECT: the write-ahead log appends and fdatasyncs"
+            );
+        }
         let stats = Arc::new(WalStats::default());
+        stats.direct.store(segment.is_direct(), Ordering::Relaxed);
         Ok(Wal {
-            dir,
+            direct: segment.is_direct(),
+            dir: dir.clone(),
             segment,
             pending: Vec::new(),
             next_lsn,
             every,
-            checkpointer: Checkpointer::start(engine, failed, stats.clone())?,
+            checkpointer: Checkpointer::start(dir, engine, failed, stats.clone())?,
             stats,
         })
     }
@@ -445,21 +452,13 @@ impl Wal {
         self.pending.extend_from_slice(entries);
     }
 
-    /// Writes and fdatasyncs the queued records, if any.
+    /// Writes the queued records, if any, and returns once they are on
+    /// the disk.
     pub(super) fn sync(&mut self) -> Result<(), StoreError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let path = &self.segment.path;
-        self.segment
-            .file
-            .write_all(&self.pending)
-            .map_err(|e| io_error("cannot write", path, e))?;
-        self.segment
-            .file
-            .sync_data()
-            .map_err(|e| io_error("cannot fdatasync", path, e))?;
-        self.segment.bytes += self.pending.len() as u64;
+        self.segment.write(&self.pending)?;
         self.stats
             .segment_bytes
             .store(self.segment.bytes, Ordering::Relaxed);
@@ -476,16 +475,20 @@ impl Wal {
             && (self.segment.started.elapsed() >= self.every
                 || self.segment.bytes >= SEGMENT_MAX_BYTES);
         if due && self.pending.is_empty() && self.checkpointer.is_idle() {
-            let next = Segment::create(&self.dir, self.next_lsn)?;
+            let next = Segment::create(&self.dir, self.next_lsn, self.direct)?;
+            self.direct = next.is_direct();
+            self.stats.direct.store(self.direct, Ordering::Relaxed);
             let full = std::mem::replace(&mut self.segment, next);
             self.stats.segment_bytes.store(0, Ordering::Relaxed);
-            self.checkpointer.hand(full.path);
+            // A direct segment's file is kept for the segment after next.
+            let recycle = full.is_direct().then_some(full.bytes);
+            self.checkpointer.hand(full.path, recycle);
         }
         Ok(())
     }
 
     /// Stops the checkpointer, makes the engine durable and removes every
-    /// segment: a clean stop leaves nothing to replay.
+    /// segment and the spare: a clean stop leaves nothing to replay.
     pub(super) fn close(mut self, engine: &Engine) -> Result<(), StoreError> {
         self.checkpointer.stop();
         self.sync()?;
@@ -493,37 +496,45 @@ impl Wal {
         for (_, path) in segments(&self.dir)? {
             remove(&path)?;
         }
-        Ok(())
+        remove(&self.dir.join(segment::SPARE))
     }
 }
 
+/// A segment handed to the checkpointer: its path, and for a direct one
+/// the bytes it reached (it is recycled, see `segment::recycle`).
+type Handed = (PathBuf, Option<u64>);
+
 /// The background thread that makes sled durable behind the log and
-/// deletes the segments that made it redundant.
+/// deletes (or recycles) the segments that made it redundant.
 struct Checkpointer {
     idle: Arc<AtomicBool>,
-    sender: Option<mpsc::Sender<PathBuf>>,
+    sender: Option<mpsc::Sender<Handed>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
     fn start(
+        dir: PathBuf,
         engine: Arc<RwLock<Arc<Engine>>>,
         failed: Arc<Mutex<Option<String>>>,
         stats: Arc<WalStats>,
     ) -> Result<Checkpointer, StoreError> {
         let idle = Arc::new(AtomicBool::new(true));
-        let (sender, receiver) = mpsc::channel::<PathBuf>();
+        let (sender, receiver) = mpsc::channel::<Handed>();
         let thread_idle = idle.clone();
         let thread = std::thread::Builder::new()
             .name("pigeon-checkpoint".into())
             .spawn(move || {
-                for segment in receiver {
+                for (segment, recycle) in receiver {
                     // The current engine: a compaction may have switched
                     // since the segment was handed over, and its copy holds
                     // (durably) everything the old engine did.
                     let started = Instant::now();
                     let current = engine.read().unwrap_or_else(|p| p.into_inner()).clone();
-                    let done = current.fsync().and_then(|()| remove(&segment));
+                    let done = current.fsync().and_then(|()| match recycle {
+                        Some(reached) => segment::recycle(&dir, &segment, reached),
+                        None => remove(&segment),
+                    });
                     drop(current);
                     if done.is_ok() {
                         stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -552,11 +563,11 @@ impl Checkpointer {
         self.idle.load(Ordering::Acquire)
     }
 
-    fn hand(&self, segment: PathBuf) {
+    fn hand(&self, segment: PathBuf, recycle: Option<u64>) {
         self.idle.store(false, Ordering::Release);
         if let Some(sender) = &self.sender {
             // The thread only ends when the sender is dropped.
-            let _ = sender.send(segment);
+            let _ = sender.send((segment, recycle));
         }
     }
 
@@ -610,8 +621,9 @@ mod tests {
         assert!(entries(&bad_kind).unwrap_err().contains("kind 9"));
     }
 
-    #[test]
-    fn a_torn_or_damaged_tail_ends_the_frames() {
+    /// A log in a temporary data directory, direct or not, with records
+    /// 1 to 3 synced.
+    fn three_records(direct: bool) -> (tempfile::TempDir, Wal) {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
         let engine_dir = data.join("sled");
@@ -619,32 +631,104 @@ mod tests {
             Engine::open(&engine_dir, 0, &super::super::SledOptions::default(), true).unwrap(),
         )));
         let failed = Arc::new(Mutex::new(None));
-        let mut wal = Wal::start(data, 1, Duration::from_secs(3600), engine, failed).unwrap();
+        let every = Duration::from_secs(3600);
+        let mut wal = Wal::start(data, 1, every, direct, engine, failed).unwrap();
         for i in 0..3u8 {
             let mut record = Vec::new();
             encode_insert(&mut record, 0, &[i], &[i; 10]);
             wal.append(&record);
         }
         wal.sync().unwrap();
-        let path = wal.segment.path.clone();
-        let whole = fs::read(&path).unwrap();
+        (dir, wal)
+    }
+
+    fn lsns(frames: &[(u64, Range<usize>)]) -> Vec<u64> {
+        frames.iter().map(|f| f.0).collect()
+    }
+
+    #[test]
+    fn a_torn_or_damaged_tail_ends_the_frames() {
+        for direct in [true, false] {
+            let (_dir, mut wal) = three_records(direct);
+            let path = wal.segment.path.clone();
+            let whole = fs::read(&path).unwrap();
+            wal.sync().unwrap();
+            assert_eq!(
+                fs::read(&path).unwrap(),
+                whole,
+                "nothing queued, nothing written"
+            );
+            let found = frames(&whole, 1);
+            assert_eq!(lsns(&found), vec![1, 2, 3], "direct: {direct}");
+            let end = found[2].1.end;
+            assert_eq!(wal.segment.bytes, end as u64);
+            if direct {
+                assert!(whole.len() as u64 >= segment::PREPARED_MIN);
+                assert!(
+                    whole[end..].iter().all(|b| *b == 0),
+                    "zeros after the records"
+                );
+            } else {
+                assert_eq!(whole.len(), end);
+            }
+            assert_eq!(lsns(&frames(&whole[..end - 3], 1)), vec![1, 2]);
+            let mut flipped = whole.clone();
+            flipped[end - 1] ^= 1;
+            assert_eq!(lsns(&frames(&flipped, 1)), vec![1, 2]);
+        }
+    }
+
+    #[test]
+    fn older_frames_end_a_segment_and_newer_ones_are_returned() {
+        let (_dir, wal) = three_records(true);
+        let whole = fs::read(&wal.segment.path).unwrap();
+        let found = frames(&whole, 1);
+        let (second, end) = (found[1].1.start - 16, found[2].1.end);
+        let third = found[2].1.start - 16;
+        // Records 1 and 2, then record 1 again: what a recycled segment
+        // holds past its records.
+        let mut stale = whole[..third].to_vec();
+        stale.extend_from_slice(&whole[..second]);
+        assert_eq!(lsns(&frames(&stale, 1)), vec![1, 2]);
+        // A segment named 2 whose first frame is 1: nothing of it is new.
+        assert!(frames(&whole, 2).is_empty());
+        // Records 1 and 3: 3 is returned, and recovery names 2 as missing.
+        let mut gap = whole[..second].to_vec();
+        gap.extend_from_slice(&whole[third..end]);
+        assert_eq!(lsns(&frames(&gap, 1)), vec![1, 3]);
+    }
+
+    #[test]
+    fn a_direct_log_writes_across_blocks_and_grows_past_its_prepared_end() {
+        let (_dir, mut wal) = three_records(true);
+        assert!(wal.direct && wal.stats.direct.load(Ordering::Relaxed));
+        let prepared = fs::metadata(&wal.segment.path).unwrap().len();
+        // Records of odd sizes, some larger than a block, until the
+        // segment is past the prepared length.
+        let mut written = 3u64;
+        let mut sizes = [1usize, 4000, 9000, 77, segment::BLOCK].into_iter().cycle();
+        while wal.segment.bytes <= prepared + 3 * segment::BLOCK as u64 {
+            let mut record = Vec::new();
+            let size = sizes.next().unwrap();
+            encode_insert(&mut record, 1, &written.to_be_bytes(), &vec![7; size]);
+            wal.append(&record);
+            written += 1;
+            if written.is_multiple_of(3) {
+                wal.sync().unwrap();
+            }
+        }
         wal.sync().unwrap();
-        assert_eq!(
-            fs::read(&path).unwrap(),
-            whole,
-            "nothing queued, nothing written"
-        );
-        let (found, torn) = frames(&whole);
-        assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert!(!torn);
-        let (found, torn) = frames(&whole[..whole.len() - 3]);
-        assert_eq!(found.len(), 2);
-        assert!(torn);
-        let mut flipped = whole.clone();
-        let last = flipped.len() - 1;
-        flipped[last] ^= 1;
-        let (found, torn) = frames(&flipped);
-        assert_eq!(found.len(), 2);
-        assert!(torn);
+        let whole = fs::read(&wal.segment.path).unwrap();
+        assert!(whole.len() as u64 > prepared);
+        let found = frames(&whole, 1);
+        assert_eq!(lsns(&found), (1..=written).collect::<Vec<_>>());
+        assert_eq!(found.last().unwrap().1.end as u64, wal.segment.bytes);
+        for (lsn, payload) in &found[3..] {
+            let entry = &entries(&whole[payload.clone()]).unwrap()[0];
+            let Entry::Insert { key, .. } = entry else {
+                panic!("an insert")
+            };
+            assert_eq!(*key, &(lsn - 1).to_be_bytes());
+        }
     }
 }
