@@ -202,16 +202,30 @@ fn prepare(path: &Path, len: u64) {
 }
 
 /// Keeps the checkpointed segment at `path`, which reached `reached`
-/// bytes, as the next segment, prepared to half as long again; removes it
-/// if a spare is already there.
+/// bytes, as the next segment, sized to half as long again: extended, or
+/// cut back if more than twice that (a burst's segment, once the load has
+/// fallen, gives its disk back). Removes it if a spare is already there.
 pub(super) fn recycle(dir: &Path, path: &Path, reached: u64) -> Result<(), StoreError> {
     let spare = dir.join(SPARE);
     if spare.exists() {
         return super::remove(path);
     }
     fs::rename(path, &spare).map_err(|e| io_error("cannot rename", path, e))?;
-    let want = (reached + reached / 2).clamp(PREPARED_MIN, SEGMENT_MAX_BYTES);
-    prepare(&spare, want.next_multiple_of(BLOCK as u64));
+    let want = (reached + reached / 2)
+        .clamp(PREPARED_MIN, SEGMENT_MAX_BYTES)
+        .next_multiple_of(BLOCK as u64);
+    let len = fs::metadata(&spare)
+        .map_err(|e| io_error("cannot stat", &spare, e))?
+        .len();
+    if len > want * 2 {
+        OpenOptions::new()
+            .write(true)
+            .open(&spare)
+            .and_then(|file| file.set_len(want))
+            .map_err(|e| io_error("cannot truncate", &spare, e))?;
+    } else {
+        prepare(&spare, want);
+    }
     Ok(())
 }
 
@@ -259,6 +273,43 @@ impl Aligned {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn len(path: &Path) -> u64 {
+        fs::metadata(path).unwrap().len()
+    }
+
+    #[test]
+    fn a_recycled_segment_is_sized_to_what_it_reached_and_one_spare_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two, three) = (
+            dir.path().join("1.log"),
+            dir.path().join("2.log"),
+            dir.path().join("3.log"),
+        );
+        let spare = dir.path().join(SPARE);
+        // A short segment becomes a spare of the prepared minimum.
+        fs::write(&one, vec![1; 10_000]).unwrap();
+        recycle(dir.path(), &one, 10_000).unwrap();
+        assert!(!one.exists());
+        assert_eq!(len(&spare), PREPARED_MIN);
+        assert_eq!(fs::read(&spare).unwrap()[..10_000], vec![1; 10_000][..]);
+        // With a spare there already, the next one goes.
+        fs::write(&two, b"x").unwrap();
+        recycle(dir.path(), &two, 1).unwrap();
+        assert!(!two.exists());
+        assert_eq!(len(&spare), PREPARED_MIN);
+        // A long segment that ended up holding little is cut back; one that
+        // reached most of its length is extended to half as long again.
+        fs::remove_file(&spare).unwrap();
+        let big = 8 * PREPARED_MIN;
+        File::create(&three).unwrap().set_len(big).unwrap();
+        recycle(dir.path(), &three, 100_000).unwrap();
+        assert_eq!(len(&spare), PREPARED_MIN);
+        fs::remove_file(&spare).unwrap();
+        File::create(&three).unwrap().set_len(big).unwrap();
+        recycle(dir.path(), &three, big).unwrap();
+        assert_eq!(len(&spare), big + big / 2);
+    }
 
     #[test]
     fn the_buffer_is_aligned_and_keeps_its_front_as_it_grows_and_shrinks() {
