@@ -66,7 +66,7 @@ fn round(direct_log: bool, commits: usize) -> Round {
     let store = SledStore::open_with(dir.path(), Durability::Fsync, &options).expect("opens");
     let users = create_users(&store, "u", 2);
     let ids = Ids::default();
-    let mut commit = || {
+    let commit = || {
         store
             .apply(&[send_op(&ids, users[0], users[1])])
             .expect("applied");
@@ -93,7 +93,7 @@ fn round(direct_log: bool, commits: usize) -> Round {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
