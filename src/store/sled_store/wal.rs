@@ -459,6 +459,10 @@ impl Wal {
             return Ok(());
         }
         self.segment.write(&self.pending)?;
+        if self.direct && !self.segment.is_direct() {
+            self.direct = false;
+            self.stats.direct.store(false, Ordering::Relaxed);
+        }
         self.stats
             .segment_bytes
             .store(self.segment.bytes, Ordering::Relaxed);
@@ -696,6 +700,29 @@ mod tests {
         let mut gap = whole[..second].to_vec();
         gap.extend_from_slice(&whole[third..end]);
         assert_eq!(lsns(&frames(&gap, 1)), vec![1, 3]);
+    }
+
+    #[test]
+    fn a_refused_direct_write_goes_on_appending_and_fdatasyncing() {
+        let (_dir, mut wal) = three_records(true);
+        wal.segment.misalign();
+        let mut record = Vec::new();
+        encode_insert(&mut record, 2, b"after", b"refused");
+        wal.append(&record);
+        wal.sync().unwrap();
+        assert!(!wal.segment.is_direct());
+        assert!(!wal.direct && !wal.stats.direct.load(Ordering::Relaxed));
+        wal.append(&record);
+        wal.sync().unwrap();
+        let whole = fs::read(&wal.segment.path).unwrap();
+        let found = frames(&whole, 1);
+        assert_eq!(lsns(&found), vec![1, 2, 3, 4, 5]);
+        assert_eq!(found[4].1.end as u64, wal.segment.bytes);
+        // The next segment is not tried direct again.
+        wal.every = Duration::ZERO;
+        wal.rotate_if_due().unwrap();
+        assert!(!wal.segment.is_direct());
+        assert!(wal.segment.path.ends_with(segment_name(6)));
     }
 
     #[test]

@@ -32,7 +32,7 @@
 //! [`SledOptions::direct_log`]: crate::store::sled_store::SledOptions::direct_log
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -110,7 +110,7 @@ impl Segment {
         match &mut self.direct {
             None => {
                 self.file
-                    .write_all(frames)
+                    .write_all_at(frames, self.bytes)
                     .map_err(|e| io_error("cannot write", path, e))?;
                 self.file
                     .sync_data()
@@ -123,9 +123,27 @@ impl Segment {
                 let blocks = buffer.blocks(kept, end.next_multiple_of(BLOCK));
                 blocks[kept..end].copy_from_slice(frames);
                 blocks[end..].fill(0);
-                self.file
-                    .write_all_at(blocks, at)
-                    .map_err(|e| io_error("cannot write", path, e))?;
+                match self.file.write_all_at(blocks, at) {
+                    Ok(()) => {}
+                    // The device wants more alignment than BLOCK (or the
+                    // filesystem took O_DIRECT at open only): this segment
+                    // goes on appending and fdatasyncing, and so do the
+                    // next ones (see `Wal::sync`).
+                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                        tracing::warn!(
+                            path = %path.display(),
+                            error = %e,
+                            "a direct write was refused; the write-ahead log appends and fdatasyncs"
+                        );
+                        self.file = OpenOptions::new()
+                            .write(true)
+                            .open(path)
+                            .map_err(|e| io_error("cannot open", path, e))?;
+                        self.direct = None;
+                        return self.write(frames);
+                    }
+                    Err(e) => return Err(io_error("cannot write", path, e)),
+                }
                 // The new last block, partly filled, to the buffer's front.
                 let tail = end - end % BLOCK;
                 blocks.copy_within(tail..end, 0);
@@ -134,6 +152,15 @@ impl Segment {
         }
         self.bytes += frames.len() as u64;
         Ok(())
+    }
+
+    /// Makes the next direct write refused, as a device needing more
+    /// alignment would: its memory is moved off the block boundary.
+    #[cfg(test)]
+    pub fn misalign(&mut self) {
+        if let Some(buffer) = &mut self.direct {
+            buffer.start += 1;
+        }
     }
 }
 
