@@ -164,17 +164,20 @@ impl Segment {
     }
 }
 
+/// `path` opened for `O_DIRECT` writes, each durable on return if
+/// `dsync`.
 #[cfg(target_os = "linux")]
-fn open_direct(path: &Path) -> io::Result<File> {
+fn open_direct(path: &Path, dsync: bool) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
+    let sync = if dsync { libc::O_DSYNC } else { 0 };
     OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .custom_flags(libc::O_DIRECT | sync)
         .open(path)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &Path) -> io::Result<File> {
+fn open_direct(_path: &Path, _dsync: bool) -> io::Result<File> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
@@ -190,7 +193,7 @@ fn create_direct(dir: &Path, path: &Path) -> Result<Option<File>, StoreError> {
         }
         Err(e) => return Err(io_error("cannot rename", &spare, e)),
     }
-    let file = match open_direct(path) {
+    let file = match open_direct(path, true) {
         Ok(file) => file,
         Err(e)
             if e.kind() == io::ErrorKind::Unsupported
@@ -205,19 +208,25 @@ fn create_direct(dir: &Path, path: &Path) -> Result<Option<File>, StoreError> {
     Ok(Some(file))
 }
 
-/// Writes zeros from the end of the file at `path` to `len` bytes, and
-/// fsyncs them. Best effort: on a full disk the segment takes the slower
-/// path past its end instead, so a failure is only logged.
+/// Writes zeros from the end of the file at `path` (a file holding no
+/// record: new, or recycled) to `len` bytes, a multiple of [`BLOCK`], and
+/// fsyncs them. Written with `O_DIRECT` too, so that no page of a segment
+/// is ever in the page cache from a buffered write that a direct one
+/// would have to replace. Best effort: on a full disk the segment takes
+/// the slower path past its end instead, so a failure is only logged.
 fn prepare(path: &Path, len: u64) {
+    debug_assert!(len.is_multiple_of(BLOCK as u64));
     let extend = || -> io::Result<()> {
-        let file = OpenOptions::new().write(true).open(path)?;
+        let file = open_direct(path, false)?;
         let mut at = file.metadata()?.len();
         if at >= len {
             return Ok(());
         }
-        let zeros = vec![0; BUFFER_KEPT];
+        at -= at % BLOCK as u64;
+        let mut buffer = Aligned::with_len(BUFFER_KEPT);
+        let zeros = buffer.blocks(0, BUFFER_KEPT);
         while at < len {
-            let n = (len - at).min(zeros.len() as u64) as usize;
+            let n = (len - at).min(BUFFER_KEPT as u64) as usize;
             file.write_all_at(&zeros[..n], at)?;
             at += n as u64;
         }
@@ -319,7 +328,11 @@ mod tests {
         recycle(dir.path(), &one, 10_000).unwrap();
         assert!(!one.exists());
         assert_eq!(len(&spare), PREPARED_MIN);
-        assert_eq!(fs::read(&spare).unwrap()[..10_000], vec![1; 10_000][..]);
+        // Its whole blocks stay as they were; from the last, partly
+        // written one on it is zeros.
+        let bytes = fs::read(&spare).unwrap();
+        assert!(bytes[..2 * BLOCK].iter().all(|b| *b == 1));
+        assert!(bytes[2 * BLOCK..].iter().all(|b| *b == 0));
         // With a spare there already, the next one goes.
         fs::write(&two, b"x").unwrap();
         recycle(dir.path(), &two, 1).unwrap();
