@@ -818,8 +818,9 @@ fn a_clean_close_leaves_nothing_to_replay() {
     assert_eq!(reopened.max_seq(2).unwrap(), 3);
 }
 
-#[test]
-fn the_checkpointer_deletes_segments_sled_has_made_redundant() {
+/// A store in a temporary directory whose log is due for a checkpoint at
+/// every sync (a new segment each time the checkpointer is idle).
+fn checkpointing_store() -> (TempDir, std::path::PathBuf, SledStore) {
     let dir = TempDir::new().unwrap();
     let data = dir.path().join("data");
     let options = super::SledOptions {
@@ -827,6 +828,12 @@ fn the_checkpointer_deletes_segments_sled_has_made_redundant() {
         ..quiet_options()
     };
     let store = SledStore::open_with(&data, Durability::Fsync, &options).unwrap();
+    (dir, data, store)
+}
+
+#[test]
+fn the_checkpointer_deletes_segments_sled_has_made_redundant() {
+    let (dir, data, store) = checkpointing_store();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut n = 0;
     // Every sync may start a new segment; the old ones go once sled is
@@ -865,13 +872,7 @@ fn holds_older_frames(segment: &Path) -> bool {
 
 #[test]
 fn a_recycled_segment_replays_only_its_own_records() {
-    let dir = TempDir::new().unwrap();
-    let data = dir.path().join("data");
-    let options = super::SledOptions {
-        checkpoint_every: std::time::Duration::ZERO,
-        ..quiet_options()
-    };
-    let store = SledStore::open_with(&data, Durability::Fsync, &options).unwrap();
+    let (dir, data, store) = checkpointing_store();
     assert!(store.wal_totals().direct);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     // Every sync may start a new segment, from the spare once a checkpoint

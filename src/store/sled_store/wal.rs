@@ -381,9 +381,6 @@ pub(super) struct Wal {
     pending: Vec<u8>,
     next_lsn: u64,
     every: Duration,
-    /// Whether new segments are direct (see `segment`): asked for, and
-    /// the filesystem took the first one.
-    direct: bool,
     checkpointer: Checkpointer,
     stats: Arc<WalStats>,
 }
@@ -414,7 +411,6 @@ impl Wal {
         let stats = Arc::new(WalStats::default());
         stats.direct.store(segment.is_direct(), Ordering::Relaxed);
         Ok(Wal {
-            direct: segment.is_direct(),
             dir: dir.clone(),
             segment,
             pending: Vec::new(),
@@ -459,10 +455,10 @@ impl Wal {
             return Ok(());
         }
         self.segment.write(&self.pending)?;
-        if self.direct && !self.segment.is_direct() {
-            self.direct = false;
-            self.stats.direct.store(false, Ordering::Relaxed);
-        }
+        // A refused direct write leaves the segment buffered.
+        self.stats
+            .direct
+            .store(self.segment.is_direct(), Ordering::Relaxed);
         self.stats
             .segment_bytes
             .store(self.segment.bytes, Ordering::Relaxed);
@@ -479,9 +475,11 @@ impl Wal {
             && (self.segment.started.elapsed() >= self.every
                 || self.segment.bytes >= SEGMENT_MAX_BYTES);
         if due && self.pending.is_empty() && self.checkpointer.is_idle() {
-            let next = Segment::create(&self.dir, self.next_lsn, self.direct)?;
-            self.direct = next.is_direct();
-            self.stats.direct.store(self.direct, Ordering::Relaxed);
+            // Direct again only if this one still is (asked for, taken by
+            // the filesystem, no write refused).
+            let direct = self.segment.is_direct();
+            let next = Segment::create(&self.dir, self.next_lsn, direct)?;
+            self.stats.direct.store(next.is_direct(), Ordering::Relaxed);
             let full = std::mem::replace(&mut self.segment, next);
             self.stats.segment_bytes.store(0, Ordering::Relaxed);
             // A direct segment's file is kept for the segment after next.
@@ -711,7 +709,7 @@ mod tests {
         wal.append(&record);
         wal.sync().unwrap();
         assert!(!wal.segment.is_direct());
-        assert!(!wal.direct && !wal.stats.direct.load(Ordering::Relaxed));
+        assert!(!wal.stats.direct.load(Ordering::Relaxed));
         wal.append(&record);
         wal.sync().unwrap();
         let whole = fs::read(&wal.segment.path).unwrap();
@@ -728,7 +726,7 @@ mod tests {
     #[test]
     fn a_direct_log_writes_across_blocks_and_grows_past_its_prepared_end() {
         let (_dir, mut wal) = three_records(true);
-        assert!(wal.direct && wal.stats.direct.load(Ordering::Relaxed));
+        assert!(wal.segment.is_direct() && wal.stats.direct.load(Ordering::Relaxed));
         let prepared = fs::metadata(&wal.segment.path).unwrap().len();
         // Records of odd sizes, some larger than a block, until the
         // segment is past the prepared length.
