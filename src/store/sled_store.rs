@@ -572,7 +572,7 @@ impl SledStore {
     fn check_healthy(&self) -> Result<(), StoreError> {
         match self.failure() {
             Some(reason) => Err(StoreError::Io(format!(
-                "the store stopped taking writes after an I/O error ({reason}); \
+                "the store stopped taking writes after a failed write ({reason}); \
                  pigeond must restart"
             ))),
             None => Ok(()),
@@ -582,13 +582,27 @@ impl SledStore {
     /// Remembers an I/O error of a write or sync as the store's failure.
     fn track<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(StoreError::Io(reason)) = &result {
-            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            if failed.is_none() {
-                tracing::error!(error = %reason, "store write failed; refusing writes until restart");
-                *failed = Some(reason.clone());
-            }
+            self.fail(reason);
         }
         result
+    }
+
+    /// Makes `reason` the store's failure (the first one stays): every
+    /// later write is refused until pigeond restarts.
+    fn fail(&self, reason: &str) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.is_none() {
+            tracing::error!(error = %reason, "store write failed; refusing writes until restart");
+            *failed = Some(reason.to_owned());
+        }
+    }
+
+    /// Applies a record that is already on the disk in the log to sled.
+    /// Any failure stops the store, I/O or not: sled would hold part of the
+    /// record, and once a later record's lsn were in sled, recovery would
+    /// never replay the rest. Stopped, the next start replays all of it.
+    fn apply_logged(&self, trees: &Trees, record: &[u8]) -> Result<(), StoreError> {
+        wal::apply_record(trees, record).inspect_err(|e| self.fail(&e.to_string()))
     }
 
     /// The free-space guard (see [`SledOptions::min_free_bytes`]): `grows`
@@ -765,12 +779,14 @@ impl Store for SledStore {
         wal.append(&applied.record);
         self.track(wal.sync())?;
         let logged = Instant::now();
-        self.track(wal::apply_record(&e.trees, &applied.record))?;
+        self.apply_logged(&e.trees, &applied.record)?;
         self.tops.note(applied.max_seqs.into_iter());
         if let Some(stats) = &self.wal_stats {
             stats.add_batch(worked - started, logged - worked, logged.elapsed());
         }
-        self.track(wal.rotate_if_due())?;
+        // The batch is durable and in sled: a failure to start the next
+        // segment stops the writes after it, not this batch's answer.
+        let _ = self.track(wal.rotate_if_due());
         Ok(applied.outcomes)
     }
 

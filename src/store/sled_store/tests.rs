@@ -922,3 +922,82 @@ fn a_recycled_segment_replays_only_its_own_records() {
     }
     assert_eq!(ids, (1..=n).map(|k| msg_id(k, 0)).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_logged_record_sled_cannot_take_stops_the_store_and_stays_in_the_log() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let store = SledStore::open_with(&data, Durability::Fsync, &quiet_options()).unwrap();
+    store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
+    // A record on the disk whose first entry sled takes and whose second
+    // names no tree: sled fails it with an error that is not an I/O error.
+    let mut record = Vec::new();
+    super::wal::encode_insert(&mut record, 0, b"taken", b"value");
+    super::wal::encode_insert(&mut record, 250, b"refused", b"value");
+    {
+        let mut wal = store.wal.as_ref().unwrap().lock().unwrap();
+        wal.append(&record);
+        wal.sync().unwrap();
+    }
+    let e = store.engine();
+    let err = store.apply_logged(&e.trees, &record).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("unknown tree")),
+        "{err:?}"
+    );
+    assert!(store.failure().unwrap().contains("unknown tree"));
+    let refused = store.apply(&[send(1, 2, msg_id(2, 0))]).unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Io(m) if m.contains("stopped taking writes")),
+        "{refused:?}"
+    );
+    drop(e);
+    drop(store);
+    // The record is still in the log, so the next start replays it and
+    // refuses to go on without it, instead of losing its second half.
+    let reopened = SledStore::open_with(&data, Durability::Fsync, &quiet_options());
+    assert!(
+        matches!(&reopened, Err(StoreError::Corrupt(m)) if m.contains("unknown tree")),
+        "{:?}",
+        reopened.err()
+    );
+}
+
+#[test]
+fn a_segment_that_cannot_be_started_stops_later_writes_but_answers_the_batch_before() {
+    let (_dir, data, store) = checkpointing_store();
+    // The first batch (lsn 1) is due to start segment 2 after it, and a
+    // directory has that segment's name.
+    let taken =
+        data.join(super::wal::WAL_DIR)
+            .join(format!("{:020}{}", 2, super::wal::SEGMENT_SUFFIX));
+    std::fs::create_dir(&taken).unwrap();
+    store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
+    let failure = store.failure().expect("the store stopped");
+    assert!(failure.contains(&taken.display().to_string()), "{failure}");
+    let refused = store.apply(&[send(1, 2, msg_id(2, 0))]).unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Io(m) if m.contains("stopped taking writes")),
+        "{refused:?}"
+    );
+    drop(store);
+    std::fs::remove_dir(&taken).unwrap();
+    // The answered batch is there after the restart.
+    let reopened = SledStore::open_with(&data, Durability::Fsync, &quiet_options()).unwrap();
+    assert_eq!(reopened.max_seq(2).unwrap(), 1);
+}
+
+#[test]
+fn a_spare_left_by_a_crash_is_removed_at_the_next_start() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let store = SledStore::open_with(&data, Durability::Fsync, &quiet_options()).unwrap();
+    store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
+    drop(store);
+    let spare = data.join(super::wal::WAL_DIR).join("spare");
+    std::fs::write(&spare, vec![7u8; 2 << 20]).unwrap();
+    // A start that writes no log at all (flush durability) must not keep it.
+    let reopened = SledStore::open_with(&data, Durability::Flush, &quiet_options()).unwrap();
+    assert!(!spare.exists());
+    assert_eq!(reopened.max_seq(2).unwrap(), 1);
+}

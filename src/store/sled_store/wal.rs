@@ -86,7 +86,7 @@ pub(super) const META_WAL_LSN: &[u8] = b"wal_lsn";
 /// the checkpoint interval.
 pub(super) const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
-const SEGMENT_SUFFIX: &str = ".log";
+pub(super) const SEGMENT_SUFFIX: &str = ".log";
 const FRAME_HEADER: usize = 8;
 const KIND_REMOVE: u8 = 0;
 const KIND_INSERT: u8 = 1;
@@ -300,6 +300,11 @@ pub(super) fn recover(data: &Path, engine: &Engine) -> Result<Recovered, StoreEr
             remove(path)?;
         }
     }
+    // A spare a crash left behind goes too: the next segment is prepared
+    // afresh, and a store that writes no direct segments (`flush`
+    // durability, or a filesystem without `O_DIRECT`) would keep it for
+    // good.
+    remove(&dir.join(segment::SPARE))?;
     Ok(Recovered {
         replayed,
         next_lsn: last + 1,
@@ -703,7 +708,7 @@ mod tests {
     #[test]
     fn a_refused_direct_write_goes_on_appending_and_fdatasyncing() {
         let (_dir, mut wal) = three_records(true);
-        wal.segment.misalign();
+        wal.segment.refuse_next_write();
         let mut record = Vec::new();
         encode_insert(&mut record, 2, b"after", b"refused");
         wal.append(&record);

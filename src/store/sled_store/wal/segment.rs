@@ -18,9 +18,9 @@
 //!   of CPU and 76–102 µs of waiting, against 55–68 µs and 122–186 µs for
 //!   an append and `fdatasync` (one flush per write either way, counted in
 //!   `/proc/diskstats`; the append also writes the file's size each time).
-//! - **Buffered** (filesystems that refuse `O_DIRECT`, such as tmpfs, or
-//!   [`SledOptions::direct_log`] off): appends to a fresh file, each
-//!   followed by `fdatasync`.
+//! - **Buffered** (filesystems that refuse `O_DIRECT`, such as tmpfs
+//!   before Linux 6.6, or [`SledOptions::direct_log`] off): appends to a
+//!   fresh file, each followed by `fdatasync`.
 //!
 //! What a recycled segment leaves behind: past the newest record, the
 //! frames of the segment it used to be. Their lsns are all below the
@@ -61,6 +61,9 @@ pub(super) struct Segment {
     pub started: Instant,
     /// Direct mode: the blocks from the last partly filled one on.
     direct: Option<Aligned>,
+    /// Test only: the next direct write is refused (see `refuse_next_write`).
+    #[cfg(test)]
+    refuse_next: bool,
 }
 
 impl Segment {
@@ -96,6 +99,8 @@ impl Segment {
             bytes: 0,
             started: Instant::now(),
             direct,
+            #[cfg(test)]
+            refuse_next: false,
         }
     }
 
@@ -123,7 +128,15 @@ impl Segment {
                 let blocks = buffer.blocks(kept, end.next_multiple_of(BLOCK));
                 blocks[kept..end].copy_from_slice(frames);
                 blocks[end..].fill(0);
-                match self.file.write_all_at(blocks, at) {
+                #[cfg(test)]
+                let written = if std::mem::take(&mut self.refuse_next) {
+                    Err(io::Error::from_raw_os_error(libc::EINVAL))
+                } else {
+                    self.file.write_all_at(blocks, at)
+                };
+                #[cfg(not(test))]
+                let written = self.file.write_all_at(blocks, at);
+                match written {
                     Ok(()) => {}
                     // The device wants more alignment than BLOCK (or the
                     // filesystem took O_DIRECT at open only): this segment
@@ -154,13 +167,13 @@ impl Segment {
         Ok(())
     }
 
-    /// Makes the next direct write refused, as a device needing more
-    /// alignment would: its memory is moved off the block boundary.
+    /// Makes the next direct write fail with `EINVAL`, as a device needing
+    /// more alignment than [`BLOCK`] refuses it. (Moving the buffer off the
+    /// block boundary would do it on ext4, but not on tmpfs, which has
+    /// taken `O_DIRECT` without alignment rules since Linux 6.6.)
     #[cfg(test)]
-    pub fn misalign(&mut self) {
-        if let Some(buffer) = &mut self.direct {
-            buffer.start += 1;
-        }
+    pub fn refuse_next_write(&mut self) {
+        self.refuse_next = true;
     }
 }
 
