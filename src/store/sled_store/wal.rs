@@ -28,8 +28,10 @@
 //! only at a checkpoint, in the background, about once a second.
 //!
 //! Files: `wal/<first lsn, 20 digits>.log` in the data directory, each a
-//! sequence of frames `[len: u32 LE][crc32 of payload: u32 LE][payload]`;
-//! payload `[lsn: u64 LE][entries]`; entry `[tree: u8][kind: u8][key len:
+//! sequence of frames `[len: u32 LE][crc32: u32 LE][payload]`; payload
+//! `[lsn: u64 LE][entries]`; the crc32 is of the segment's first lsn (u64
+//! LE) and then the payload, so that no frame counts in any segment but
+//! its own (see [`frames`]); entry `[tree: u8][kind: u8][key len:
 //! u32 LE][key]`, then `[value len: u32 LE][value]` for an insert (tree ids
 //! are `batch::logged_trees`' order). The writer appends to the newest
 //! segment. Once a segment is [`SledOptions::checkpoint_every`] old (or
@@ -196,11 +198,38 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 
 /// The frames of the segment whose first record is `first_lsn`: `(lsn,
 /// payload after the lsn)`, up to the first frame that is cut short, fails
-/// its checksum, or has a lower lsn than the one expected (what a recycled
-/// segment holds past its records: see `segment`). Zeros end them too (a
-/// length of 0). A frame whose lsn is higher than expected is returned:
-/// records are missing, and [`recover`] says so.
+/// its checksum, or has a lower lsn than the one expected. A recycled
+/// segment holds older frames past its records (see `segment`); they fail
+/// the checksum, salted with another segment's first lsn, and their lsns
+/// are lower. Zeros end the frames too (a length of 0). A frame whose lsn
+/// is higher than expected is returned: records are missing, and
+/// [`recover`] says so.
+///
+/// A segment written before checksums were salted (commit 4fd6988 and
+/// earlier), which a crash left for this start to replay, is read with
+/// unsalted checksums if not one of its frames checks salted.
 pub(super) fn frames(bytes: &[u8], first_lsn: u64) -> Vec<(u64, Range<usize>)> {
+    let salted = scan(bytes, first_lsn, true);
+    if salted.is_empty() {
+        return scan(bytes, first_lsn, false);
+    }
+    salted
+}
+
+/// The checksum of a frame's `payload`, salted with the first lsn of the
+/// segment it is in, or not (older segments).
+fn checksum(salt: Option<u64>, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    if let Some(first_lsn) = salt {
+        hasher.update(&first_lsn.to_le_bytes());
+    }
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// [`frames`], with salted checksums or not.
+fn scan(bytes: &[u8], first_lsn: u64, salted: bool) -> Vec<(u64, Range<usize>)> {
+    let salt = salted.then_some(first_lsn);
     let mut out = Vec::new();
     let mut at = 0;
     let mut expected = first_lsn;
@@ -215,7 +244,7 @@ pub(super) fn frames(bytes: &[u8], first_lsn: u64) -> Vec<(u64, Range<usize>)> {
             break;
         }
         let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
-        if crc32fast::hash(payload) != crc {
+        if checksum(salt, payload) != crc {
             break;
         }
         let lsn = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
@@ -443,6 +472,7 @@ impl Wal {
         self.next_lsn += 1;
         let len = 8 + entries.len();
         let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&self.segment.first_lsn.to_le_bytes());
         hasher.update(&lsn.to_le_bytes());
         hasher.update(entries);
         self.pending.reserve(FRAME_HEADER + len);
@@ -703,6 +733,40 @@ mod tests {
         let mut gap = whole[..second].to_vec();
         gap.extend_from_slice(&whole[third..end]);
         assert_eq!(lsns(&frames(&gap, 1)), vec![1, 3]);
+    }
+
+    /// One frame by hand: `lsn` with one insert, its checksum salted with
+    /// `salt` or not.
+    fn frame(salt: Option<u64>, lsn: u64) -> Vec<u8> {
+        let mut payload = lsn.to_le_bytes().to_vec();
+        encode_insert(&mut payload, 0, &lsn.to_be_bytes(), b"value");
+        let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&checksum(salt, &payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    #[test]
+    fn a_frame_counts_only_in_its_own_segment() {
+        // Segment 10's records 10 and 11, then a frame salted for segment 1
+        // with the very lsn expected next: bytes a recycled file may hold
+        // (a message body shaped as a frame, say). It is not record 12.
+        let mut bytes = [frame(Some(10), 10), frame(Some(10), 11)].concat();
+        bytes.extend_from_slice(&frame(Some(1), 12));
+        assert_eq!(lsns(&frames(&bytes, 10)), vec![10, 11]);
+        // Nor is an unsalted one, or one salted for a later segment.
+        let unsalted = [frame(Some(10), 10), frame(None, 11)].concat();
+        assert_eq!(lsns(&frames(&unsalted, 10)), vec![10]);
+        let later = [frame(Some(10), 10), frame(Some(11), 11)].concat();
+        assert_eq!(lsns(&frames(&later, 10)), vec![10]);
+        // A segment written before checksums were salted is read whole.
+        let old = [frame(None, 10), frame(None, 11), frame(None, 12)].concat();
+        assert_eq!(lsns(&frames(&old, 10)), vec![10, 11, 12]);
+        // What the log writes is salted with its segment's first lsn.
+        let (_dir, wal) = three_records(true);
+        let whole = fs::read(&wal.segment.path).unwrap();
+        assert_eq!(lsns(&scan(&whole, 1, true)), vec![1, 2, 3]);
+        assert!(scan(&whole, 1, false).is_empty());
     }
 
     #[test]

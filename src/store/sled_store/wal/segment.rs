@@ -23,11 +23,12 @@
 //!   fresh file, each followed by `fdatasync`.
 //!
 //! What a recycled segment leaves behind: past the newest record, the
-//! frames of the segment it used to be. Their lsns are all below the
-//! segment's first (lsns only grow), and their records are already in
-//! sled (a segment is recycled only after the checkpoint that made it
-//! redundant), so recovery ends a segment at the first frame whose lsn is
-//! lower than the one expected (see `wal::frames`).
+//! frames of the segment it used to be. Their records are already in sled
+//! (a segment is recycled only after the checkpoint that made it
+//! redundant), and recovery never takes them for the segment's own: their
+//! checksums are salted with the other segment's first lsn, and their
+//! lsns are all below this segment's first (lsns only grow), so a
+//! segment ends at the first frame that fails either (see `wal::frames`).
 //!
 //! [`SledOptions::direct_log`]: crate::store::sled_store::SledOptions::direct_log
 
@@ -56,6 +57,8 @@ const BUFFER_KEPT: usize = 64 * 1024;
 pub(super) struct Segment {
     file: File,
     pub path: PathBuf,
+    /// The lsn of its first record (its name): its frames' checksum salt.
+    pub first_lsn: u64,
     /// Bytes of frames written.
     pub bytes: u64,
     pub started: Instant,
@@ -78,6 +81,7 @@ impl Segment {
                 return Ok(Segment::new(
                     file,
                     path,
+                    first_lsn,
                     Some(Aligned::with_len(BUFFER_KEPT)),
                 ));
             }
@@ -89,13 +93,14 @@ impl Segment {
             .open(&path)
             .map_err(|e| io_error("cannot create", &path, e))?;
         sync_dir(dir)?;
-        Ok(Segment::new(file, path, None))
+        Ok(Segment::new(file, path, first_lsn, None))
     }
 
-    fn new(file: File, path: PathBuf, direct: Option<Aligned>) -> Segment {
+    fn new(file: File, path: PathBuf, first_lsn: u64, direct: Option<Aligned>) -> Segment {
         Segment {
             file,
             path,
+            first_lsn,
             bytes: 0,
             started: Instant::now(),
             direct,
