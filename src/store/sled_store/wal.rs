@@ -90,6 +90,8 @@ pub(super) const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 pub(super) const SEGMENT_SUFFIX: &str = ".log";
 const FRAME_HEADER: usize = 8;
+/// Bytes of queued frames' memory kept between syncs.
+const PENDING_KEPT: usize = 64 * 1024;
 const KIND_REMOVE: u8 = 0;
 const KIND_INSERT: u8 = 1;
 
@@ -498,6 +500,8 @@ impl Wal {
             .segment_bytes
             .store(self.segment.bytes, Ordering::Relaxed);
         self.pending.clear();
+        // A large batch's memory goes back; a usual one's is kept.
+        self.pending.shrink_to(PENDING_KEPT);
         Ok(())
     }
 
@@ -767,6 +771,19 @@ mod tests {
         let whole = fs::read(&wal.segment.path).unwrap();
         assert_eq!(lsns(&scan(&whole, 1, true)), vec![1, 2, 3]);
         assert!(scan(&whole, 1, false).is_empty());
+    }
+
+    #[test]
+    fn a_large_batch_does_not_keep_its_memory() {
+        let (_dir, mut wal) = three_records(true);
+        let mut record = Vec::new();
+        encode_insert(&mut record, 0, b"large", &vec![1; 4 << 20]);
+        wal.append(&record);
+        assert!(wal.pending.capacity() > 4 << 20);
+        wal.sync().unwrap();
+        assert!(wal.pending.capacity() <= PENDING_KEPT);
+        let whole = fs::read(&wal.segment.path).unwrap();
+        assert_eq!(lsns(&frames(&whole, 1)), vec![1, 2, 3, 4]);
     }
 
     #[test]
