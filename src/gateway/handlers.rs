@@ -265,7 +265,13 @@ impl Session {
                 let span = tracing::Span::current();
                 span.record("user_id", auth.user.id);
                 span.record("device", request.device_id.as_str());
-                tracing::info!(platform = ?platform, "logged in");
+                tracing::info!(
+                    peer = %self.peer,
+                    user_id = auth.user.id,
+                    device = request.device_id.as_str(),
+                    platform = ?platform,
+                    "logged in"
+                );
                 self.gateway.metrics.logins.inc();
                 self.login = Some(Login {
                     token_hash: auth.token_hash,
@@ -350,7 +356,14 @@ impl Session {
         let ok = answer.is_ok();
         let flow = self.answer_service(id, answer).await;
         if ok {
-            tracing::info!("logged out");
+            if let Some(login) = &self.login {
+                tracing::info!(
+                    peer = %self.peer,
+                    user_id = login.caller.user,
+                    device = login.caller.device_id.as_str(),
+                    "logged out"
+                );
+            }
             Flow::Close
         } else {
             flow

@@ -148,6 +148,12 @@ impl Gateway {
     /// connection costs (see `connection::run`).
     /// `slot` is its place under `limits.max_connections`, freed when the
     /// task ends.
+    ///
+    /// The span is at `debug`, the level of everything a connection logs
+    /// but its login, logout and device revocation, which name the peer,
+    /// user and device themselves: an enabled span costs ~400 bytes per
+    /// connection for as long as it lives (the subscriber's slot and its
+    /// formatted fields), 5 % of an idle connection (docs/performance.md).
     fn connection_task(
         self: Arc<Self>,
         accepted: Box<connection::Accepted>,
@@ -156,7 +162,7 @@ impl Gateway {
         shutdown: &CancellationToken,
         abandon: &CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "conn",
             conn_id,
             peer = %accepted.peer,

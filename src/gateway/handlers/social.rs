@@ -228,7 +228,12 @@ impl Session {
                         message: "this device was revoked from another device".into(),
                     };
                     registry.kick_user(caller.user, Some(&r.device_id), kick);
-                    tracing::info!(revoked = %r.device_id, "device revoked by its user");
+                    tracing::info!(
+                        user_id = caller.user,
+                        device = caller.device_id.as_str(),
+                        revoked = %r.device_id,
+                        "device revoked by its user"
+                    );
                     Ok(Body::DeviceRevoked(pb::RevokeDeviceResponse {}))
                 })
                 .await
