@@ -473,16 +473,16 @@ impl Wal {
         let lsn = self.next_lsn;
         self.next_lsn += 1;
         let len = 8 + entries.len();
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&self.segment.first_lsn.to_le_bytes());
-        hasher.update(&lsn.to_le_bytes());
-        hasher.update(entries);
+        let start = self.pending.len();
         self.pending.reserve(FRAME_HEADER + len);
         self.pending.extend_from_slice(&(len as u32).to_le_bytes());
-        self.pending
-            .extend_from_slice(&hasher.finalize().to_le_bytes());
+        // The checksum's place, filled in once the payload is there.
+        self.pending.extend_from_slice(&[0; 4]);
         self.pending.extend_from_slice(&lsn.to_le_bytes());
         self.pending.extend_from_slice(entries);
+        let payload = &self.pending[start + FRAME_HEADER..];
+        let crc = checksum(Some(self.segment.first_lsn), payload);
+        self.pending[start + 4..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Writes the queued records, if any, and returns once they are on
