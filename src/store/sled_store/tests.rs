@@ -925,10 +925,8 @@ fn a_recycled_segment_replays_only_its_own_records() {
 
 #[test]
 fn a_logged_record_sled_cannot_take_stops_the_store_and_stays_in_the_log() {
-    let dir = TempDir::new().unwrap();
+    let (dir, store, _) = sled_behind_the_log(1);
     let data = dir.path().join("data");
-    let store = SledStore::open_with(&data, Durability::Fsync, &quiet_options()).unwrap();
-    store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
     // A record on the disk whose first entry sled takes and whose second
     // names no tree: sled fails it with an error that is not an I/O error.
     let mut record = Vec::new();
@@ -989,10 +987,8 @@ fn a_segment_that_cannot_be_started_stops_later_writes_but_answers_the_batch_bef
 
 #[test]
 fn a_spare_left_by_a_crash_is_removed_at_the_next_start() {
-    let dir = TempDir::new().unwrap();
+    let (dir, store, _) = sled_behind_the_log(1);
     let data = dir.path().join("data");
-    let store = SledStore::open_with(&data, Durability::Fsync, &quiet_options()).unwrap();
-    store.apply(&[send(1, 2, msg_id(1, 0))]).unwrap();
     drop(store);
     let spare = data.join(super::wal::WAL_DIR).join("spare");
     std::fs::write(&spare, vec![7u8; 2 << 20]).unwrap();
